@@ -1,0 +1,116 @@
+"""Training and sampling throughput of every preset at its own batch size.
+
+Prints one table: per preset, training iterations/s and images/s (median of --repeats timed
+windows after a warm-up), sampling images/s, FLOPs per training step (counted by
+torch.utils.flop_counter), the machine's float32 matmul rate measured here at the same thread
+count, the fraction of it achieved, and the peak resident memory of the process. Each preset
+runs in a fresh subprocess so that its peak memory is its own.
+
+    python benchmarks/throughput.py                       # all presets, PyTorch's thread default
+    python benchmarks/throughput.py --presets seed-001 --threads 1 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+PRESETS = ["seed-000", "seed-001", "seed-002", "seed-004"]
+
+
+def matmul_gflops(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def measure(preset: str, threads: int, repeats: int, window: float) -> dict:
+    from mnistgan.data import ImageBank
+
+    from mnistgan.config import load_config
+    from mnistgan.train import GAN
+
+    torch.set_num_threads(threads)
+    config = load_config(preset)
+    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits,
+                          config.data.value_range)
+    gan = GAN(config, data, torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        gan.train_step()
+    flops = counter.get_total_flops()
+    for _ in range(2):
+        gan.train_step()
+    rates = []
+    for _ in range(repeats):
+        steps, t0 = 0, time.perf_counter()
+        while steps < 2 or time.perf_counter() - t0 < window:
+            gan.train_step()
+            steps += 1
+        rates.append(steps / (time.perf_counter() - t0))
+    its = statistics.median(rates)
+    z = gan.noise(1000)
+    gan.sample(z[:100])
+    t0 = time.perf_counter()
+    gan.sample(z)
+    sample_ips = len(z) / (time.perf_counter() - t0)
+    peak = matmul_gflops(threads)
+    return {
+        "preset": preset, "threads": threads, "batch": config.train.batch_size,
+        "it_s": its, "img_s": its * config.train.batch_size, "sample_img_s": sample_ips,
+        "gflop_step": flops / 1e9, "gflops": its * flops / 1e9, "matmul_gflops": peak,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "runs": [round(r, 2) for r in rates],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=PRESETS)
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--window", type=float, default=3.0, help="seconds per timed window")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.presets[0], args.threads[0], args.repeats, args.window)))
+        return
+    rows = []
+    for preset in args.presets:
+        for threads in args.threads:
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", "--presets", preset, "--threads",
+                 str(threads), "--repeats", str(args.repeats), "--window", str(args.window)],
+                capture_output=True, text=True, check=True, env=os.environ.copy())
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  measured {preset} threads={threads}", file=sys.stderr)
+    head = ("| preset | batch | threads | train it/s | train img/s | sample img/s | GFLOP/step "
+            "| GFLOP/s | matmul GFLOP/s | of peak | peak RSS MB |")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        print(f"| {r['preset']} | {r['batch']} | {r['threads']} | {r['it_s']:.1f} | "
+              f"{r['img_s']:.0f} | {r['sample_img_s']:.0f} | {r['gflop_step']:.3f} | "
+              f"{r['gflops']:.1f} | {r['matmul_gflops']:.0f} | "
+              f"{100 * r['gflops'] / r['matmul_gflops']:.0f}% | {r['peak_rss_mb']:.0f} |")
+    print(f"\nmedian of {args.repeats} windows of {args.window:.0f} s each; torch "
+          f"{torch.__version__}; timed windows per row: "
+          + "; ".join(f"{r['preset']}/{r['threads']}t {r['runs']}" for r in rows))
+
+
+if __name__ == "__main__":
+    main()

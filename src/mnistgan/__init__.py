@@ -1,0 +1,26 @@
+"""mnistgan: train, evaluate and serve GANs on MNIST-style 28x28 images.
+
+The Python API mirrors the command line:
+
+    import mnistgan
+    config = mnistgan.load_config("seed-001", ["train.steps=5000"])   # mnistgan train --preset
+    result = mnistgan.train(config)                                   #   ... writes a run folder
+    images = mnistgan.load_generator(result.run_dir).sample(64)       # mnistgan sample
+"""
+
+from .config import Config, load_config, preset_names
+from .errors import UserError
+from .generate import TrainedGenerator, load_generator
+from .train import TrainResult, train
+
+__all__ = [
+    "Config",
+    "TrainResult",
+    "TrainedGenerator",
+    "UserError",
+    "load_config",
+    "load_generator",
+    "preset_names",
+    "train",
+]
+__version__ = "0.1.0"

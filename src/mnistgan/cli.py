@@ -1,0 +1,165 @@
+"""The `mnistgan` command line. Each subcommand is a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+
+from .checkpoint import atomic_write
+from .config import load_config, preset_names, preset_path, read_toml
+from .errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mnistgan: error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+    return value
+
+
+# Named options of `train`, each a shorthand for one config key.
+NAMED = {
+    "seed": ("train.seed", int, "random seed (same seed, same machine: same weights)"),
+    "batch_size": ("train.batch_size", positive_int, "images per training step"),
+    "d_lr": ("train.d_lr", positive_float, "discriminator learning rate"),
+    "g_lr": ("train.g_lr", positive_float, "generator learning rate"),
+    "d_steps": ("train.d_steps", positive_int, "discriminator updates per generator update"),
+    "label_smoothing": ("train.label_smoothing", float, "one-sided: real target is 1 - this"),
+    "noise": ("noise.dist", str, "latent distribution: normal, uniform or semicircle"),
+    "latent_dim": ("noise.dim", positive_int, "latent vector size"),
+    "digits": ("data.digits", str, "train on these digits only, e.g. 5 or 3,5,8"),
+    "dataset": ("data.dataset", str, "mnist, fashion-mnist or kmnist"),
+    "device": ("train.device", str, "cpu, cuda, mps or auto"),
+    "threads": ("train.threads", positive_int, "CPU threads for PyTorch"),
+    "log_every": ("train.log_every", positive_int, "steps between metric rows"),
+    "sample_every": ("train.sample_every", positive_int, "steps between sample grids"),
+}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="mnistgan", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("train", help="train a GAN and write a run folder")
+    p.add_argument("--preset", default="seed-001",
+                   help=f"preset name ({', '.join(preset_names())}) or a .toml file")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, help="training steps (G updates)")
+    length.add_argument("--epochs", type=positive_float, help="passes over the training images")
+    p.add_argument("--out", type=Path, help="run folder to create (default runs/PRESET-TIME)")
+    p.add_argument("--data-dir", help="folder with the IDX files (default: $MNISTGAN_DATA, "
+                                      "else download into the cache)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.d_lr=1e-3 (repeatable)")
+    for name, (key, kind, text) in NAMED.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} ({key})")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as JSON and exit")
+
+    p = sub.add_parser("sample", help="generate digits from a run folder or weights file")
+    p.add_argument("weights", help="run folder or generator .safetensors file")
+    p.add_argument("--n", type=positive_int, default=64, help="number of images (default 64)")
+    p.add_argument("--out", type=Path, help="PNG grid to write (default samples.png)")
+    p.add_argument("--npy", type=Path, help="also write an (N, 28, 28) uint8 .npy array")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--noise", help="latent distribution, if not the one trained with")
+    p.add_argument("--nrow", type=positive_int, help="images per grid row")
+
+    p = sub.add_parser("presets", help="list the presets, or show one")
+    p.add_argument("--show", metavar="NAME", help="print this preset's resolved config")
+    return parser
+
+
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.epochs is not None:
+        overrides += [f"train.epochs={args.epochs}", "train.steps=0"]
+    for name, (key, _, _) in NAMED.items():
+        value = getattr(args, name)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return overrides + args.overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    config = load_config(args.preset, train_overrides(args))
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    result = train(config, out=args.out, data_dir=args.data_dir,
+                   progress=not args.no_progress, tensorboard=args.tensorboard)
+    print(f"run folder: {result.run_dir} ({result.steps} steps, {result.seconds:.1f} s, "
+          f"{result.images_per_second:.0f} images/s)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .generate import load_generator
+    from .viz import save_grid
+
+    gen = load_generator(args.weights)
+    images = gen.sample(args.n, seed=args.seed, noise=args.noise)
+    written = []
+    if args.npy is not None:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, images)
+        written.append(atomic_write(args.npy, buffer.getvalue()))
+    if args.out is not None or args.npy is None:
+        written.append(save_grid(images, args.out or Path("samples.png"), nrow=args.nrow))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    if args.show:
+        print(load_config(args.show).to_json())
+        return 0
+    for name in preset_names():
+        description = read_toml(preset_path(name)).get("description", "")
+        print(f"{name:10s} {description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets}[args.command]
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"mnistgan: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mnistgan: interrupted", file=sys.stderr)
+        return 130

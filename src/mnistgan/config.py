@@ -1,0 +1,436 @@
+"""Configuration as plain data.
+
+A run is described by one `Config`: a preset file (TOML, shipped in `mnistgan/presets/`) read
+into these dataclasses, with `section.key=value` overrides on top. Every key is typed; an
+unknown key, a wrong type or an impossible value is a `UserError` naming the key and the fix,
+never silently ignored. The resolved config is written into every run folder as JSON, and that
+JSON loads back through the same validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from .errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "none"]
+Init = Literal["keras", "torch", "glorot_uniform", "glorot_normal", "dcgan"]
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["mnist", "fashion-mnist", "kmnist"] = "mnist"
+    digits: list[int] = field(default_factory=list)  # empty: all ten classes
+    # "tanh": pixels in [-1, 1] as (x - 127.5) / 127.5; "sigmoid": x / 255 in [0, 1].
+    value_range: Literal["tanh", "sigmoid"] = "tanh"
+    # "random": indices drawn with replacement (np.random.randint in the tutorials);
+    # "epoch": shuffled passes without replacement.
+    sampling: Literal["random", "epoch"] = "random"
+
+
+@dataclass
+class NoiseConfig:
+    dim: int = 100
+    dist: Literal["normal", "uniform", "semicircle"] = "normal"
+    # Support of "uniform", and [-r, r] with r = (high - low) / 2 around the centre for
+    # "semicircle"; ignored by "normal".
+    low: float = -1.0
+    high: float = 1.0
+
+
+@dataclass
+class MLPGeneratorConfig:
+    arch: Literal["mlp"] = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    activation: Activation = "leaky_relu"
+    slope: float = 0.2
+    batch_norm: bool = False
+    bn_momentum: float = 0.99  # Keras convention: weight of the old running value
+    bn_eps: float = 1e-3
+    bn_after_activation: bool = True  # tutorial 001: Dense -> LeakyReLU -> BatchNorm
+    dropout: float = 0.0
+    output: Activation = "tanh"
+    init: Init = "keras"
+
+
+@dataclass
+class ConvGeneratorConfig:
+    arch: Literal["conv"] = "conv"
+    start_channels: int = 128
+    start_size: int = 7
+    channels: list[int] = field(default_factory=lambda: [64, 32])
+    kernels: list[int] = field(default_factory=lambda: [5, 5])
+    upsample: list[bool] = field(default_factory=lambda: [True, True])
+    out_kernel: int = 5
+    activation: Activation = "leaky_relu"
+    slope: float = 0.2
+    batch_norm: bool = True
+    bn_momentum: float = 0.99
+    bn_eps: float = 1e-3
+    # Keras 1 BatchNormalization(mode=2): batch statistics in training and sampling alike.
+    bn_batch_stats: bool = False
+    dropout: float = 0.0
+    output: Activation = "tanh"
+    init: Init = "keras"
+    init_first: Init | None = None  # a different init for the first dense layer (text 004)
+    spectral_norm: bool = False
+
+
+@dataclass
+class MLPDiscriminatorConfig:
+    arch: Literal["mlp"] = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [512, 256])
+    activation: Activation = "leaky_relu"
+    slope: float = 0.2
+    dropout: float = 0.0
+    # "sigmoid": one output unit; "softmax2": two units [fake, real] or [real, fake].
+    head: Literal["sigmoid", "softmax2"] = "sigmoid"
+    real_index: int = 1  # which softmax2 unit means "real"
+    init: Init = "keras"
+    spectral_norm: bool = False
+
+
+@dataclass
+class ConvDiscriminatorConfig:
+    arch: Literal["conv"] = "conv"
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    kernel: int = 5
+    stride: int = 2
+    activation: Activation = "leaky_relu"
+    slope: float = 0.2
+    batch_norm: bool = False
+    bn_momentum: float = 0.99
+    bn_eps: float = 1e-3
+    dropout: float = 0.0
+    hidden: list[int] = field(default_factory=list)  # dense layers after flattening
+    hidden_activation: Activation = "leaky_relu"
+    head: Literal["sigmoid", "softmax2"] = "sigmoid"
+    real_index: int = 1
+    init: Init = "keras"
+    spectral_norm: bool = False
+
+
+GENERATOR_CONFIGS: dict[str, type] = {"mlp": MLPGeneratorConfig, "conv": ConvGeneratorConfig}
+DISCRIMINATOR_CONFIGS: dict[str, type] = {
+    "mlp": MLPDiscriminatorConfig,
+    "conv": ConvDiscriminatorConfig,
+}
+GeneratorConfig = Union[MLPGeneratorConfig, ConvGeneratorConfig]  # noqa: UP007
+DiscriminatorConfig = Union[MLPDiscriminatorConfig, ConvDiscriminatorConfig]  # noqa: UP007
+
+
+@dataclass
+class TrainConfig:
+    # Length: `steps` (G updates) wins when > 0; otherwise `epochs` passes over the
+    # training images at `batch_size` images per step (60,000 / 32 = 1,875 steps an epoch).
+    steps: int = 0
+    epochs: float = 0.0
+    batch_size: int = 32
+    d_lr: float = 2e-4
+    g_lr: float = 2e-4
+    d_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    g_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    adam_eps: float = 1e-7  # Keras 2's default (Keras 1: 1e-8)
+    # Keras `decay`: lr / (1 + decay * updates), counted per optimiser update.
+    decay: float = 0.0
+    lr_milestones: list[int] = field(default_factory=list)  # steps where lr *= lr_gamma
+    lr_gamma: float = 0.1
+    loss: Literal["bce"] = "bce"
+    d_steps: int = 1  # D updates per G update
+    label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - this
+    # "half": batch_size/2 real + batch_size/2 fake (texts 000, 001); "full": batch_size each.
+    d_batch: Literal["half", "full"] = "half"
+    # "separate": one D update on real, another on fake (texts 000-002); "mixed": one update
+    # on the concatenated batch (text 004).
+    d_update: Literal["separate", "mixed"] = "separate"
+    # "predict": fakes for D come from G in inference mode without gradients, as Keras's
+    # generator.predict() (batch norm uses its moving statistics, dropout is off);
+    # "train": G in training mode.
+    fakes: Literal["predict", "train"] = "predict"
+    # "fresh": the G step draws new noise; "reuse": it uses the D step's noise (text 002).
+    g_noise: Literal["fresh", "reuse"] = "fresh"
+    # D pre-training (text 004): this many real and as many generated images, one epoch.
+    pretrain_images: int = 0
+    pretrain_batch: int = 128
+    seed: int = 0
+    threads: int = 0  # 0: PyTorch's default
+    device: Literal["cpu", "cuda", "mps", "auto"] = "cpu"
+    log_every: int = 50
+    sample_every: int = 500
+    grid_size: int = 100  # samples in each progress grid (a square number reads best)
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    generator: GeneratorConfig = field(default_factory=MLPGeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=MLPDiscriminatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ---------------------------------------------------------------------------------------
+# Presets
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package, sorted."""
+    folder = resources.files("mnistgan") / "presets"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_path(name: str) -> Path:
+    """The TOML file behind a preset name, or the path itself if `name` is a .toml file."""
+    if name.endswith(".toml"):
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"config file {name} does not exist: check the path")
+        return path
+    path = Path(str(resources.files("mnistgan") / "presets" / f"{name}.toml"))
+    if not path.is_file():
+        raise UserError(
+            f"unknown preset '{name}': choose one of {', '.join(preset_names())} "
+            "or give a .toml file"
+        )
+    return path
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid TOML ({exc}): fix the file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}): check the path") from None
+
+
+def load_config(preset: str = "seed-001", overrides: list[str] | None = None) -> Config:
+    """Read a preset (name or .toml path) and apply `section.key=value` overrides."""
+    raw = read_toml(preset_path(preset))
+    for item in overrides or []:
+        key, value = parse_override(item)
+        section = raw.get(key.split(".")[0])
+        if key.endswith(".arch") and isinstance(section, dict) and section.get("arch") != value:
+            # Another architecture has other keys: start it from its own defaults.
+            raw[key.split(".")[0]] = {}
+        set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def config_from_json(text: str, source: str = "config.json") -> Config:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source} is not valid JSON ({exc.msg}): restore it from the run") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{source} does not hold a config object: restore it from the run")
+    return config_from_dict(raw)
+
+
+# ---------------------------------------------------------------------------------------
+# Overrides
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.batch_size=64` -> ("train.batch_size", 64). Values are read as TOML values
+    (numbers, true/false, [lists], "strings"); anything else is taken as a bare string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set '{item}' is not key=value: write e.g. --set train.batch_size=64")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key, value
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: i + 1])
+            raise UserError(f"'{where}' is a value, not a section: check the --set key '{key}'")
+        node = child
+    node[leaf] = value
+
+
+# ---------------------------------------------------------------------------------------
+# Validation: dict -> typed dataclasses
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    raw = dict(raw)
+    for where, table in (("generator", GENERATOR_CONFIGS), ("discriminator", DISCRIMINATOR_CONFIGS)):
+        section = raw.get(where, {})
+        if not isinstance(section, dict):
+            raise UserError(f"'{where}' must be a section (a table of keys), got {section!r}")
+        raw[where] = _build(_arch_class(section, table, where), section, where)
+    config = _build(Config, raw, "")
+    check_values(config)
+    return config
+
+
+def _arch_class(section: dict[str, Any], table: dict[str, type], where: str) -> type:
+    arch = section.get("arch", "mlp")
+    if not isinstance(arch, str) or arch not in table:
+        raise UserError(f"{where}.arch = {arch!r} is unknown: choose one of {', '.join(table)}")
+    return table[arch]
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(raw):
+        return raw
+    if not isinstance(raw, dict):
+        raise UserError(f"'{where}' must be a section (a table of keys), got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = unknown[0]
+        full = f"{where}.{key}" if where else key
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
+        raise UserError(f"unknown config key '{full}': {hint}")
+    values = {}
+    for name, value in raw.items():
+        full = f"{where}.{name}" if where else name
+        values[name] = _coerce(value, hints[name], full)
+    return cls(**values)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if all(dataclasses.is_dataclass(a) for a in options):
+            return value  # generator / discriminator: already built by arch
+        return _coerce(value, options[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(
+                f"{key} = {value!r} is not allowed: choose one of "
+                + ", ".join(repr(a) for a in args)
+            )
+        return value
+    if origin is list:
+        (item_tp,) = args
+        if isinstance(value, str) and "," in value:
+            value = [parse_override(f"x={part}")[1] for part in value.split(",")]
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{key} must be a whole number, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{key} must be a string, got {value!r}")
+    raise TypeError(f"config type {tp} for {key} is not handled")  # a bug in this file
+
+
+def check_values(c: Config) -> None:
+    """Ranges and combinations that types alone cannot express."""
+    t = c.train
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    need(t.steps >= 0, f"train.steps = {t.steps} must be positive: e.g. --steps 1000")
+    need(t.epochs >= 0, f"train.epochs = {t.epochs} must be positive: e.g. --epochs 5")
+    need(t.batch_size >= 1, f"train.batch_size = {t.batch_size} must be at least 1")
+    need(t.d_batch == "full" or t.batch_size >= 2, "train.d_batch = 'half' needs batch_size >= 2")
+    for name in ("d_lr", "g_lr"):
+        lr = getattr(t, name)
+        need(lr > 0, f"train.{name} = {lr} must be greater than 0: e.g. --set train.{name}=2e-4")
+    for name in ("d_betas", "g_betas"):
+        betas = getattr(t, name)
+        need(
+            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            f"train.{name} = {betas} must be two numbers in [0, 1): e.g. [0.5, 0.999]",
+        )
+    need(t.adam_eps > 0, "train.adam_eps must be greater than 0")
+    need(t.decay >= 0, "train.decay must be 0 or more")
+    need(0 < t.lr_gamma <= 1, "train.lr_gamma must be in (0, 1]")
+    need(t.d_steps >= 1, f"train.d_steps = {t.d_steps} must be at least 1")
+    need(
+        0 <= t.label_smoothing < 0.5,
+        f"train.label_smoothing = {t.label_smoothing} must be in [0, 0.5): e.g. 0.1",
+    )
+    need(
+        t.g_noise == "fresh" or t.d_batch == "full",
+        "train.g_noise = 'reuse' needs train.d_batch = 'full' (the G step uses the D step's noise)",
+    )
+    need(t.pretrain_images >= 0 and t.pretrain_batch >= 1, "train.pretrain_* must be positive")
+    need(t.threads >= 0, "train.threads must be 0 (automatic) or more")
+    need(t.log_every >= 1, "train.log_every must be at least 1")
+    need(t.sample_every >= 1, "train.sample_every must be at least 1")
+    need(t.grid_size >= 1, "train.grid_size must be at least 1")
+    bad = [d for d in c.data.digits if not 0 <= d <= 9]
+    need(not bad, f"digit {bad[0] if bad else ''} is not in 0-9: use e.g. --digits 5 or --digits 3,5,8")
+    need(len(set(c.data.digits)) == len(c.data.digits), "data.digits lists a digit twice")
+    need(c.noise.dim >= 1, f"noise.dim = {c.noise.dim} must be at least 1")
+    need(c.noise.high > c.noise.low, "noise.high must be greater than noise.low")
+    g, d = c.generator, c.discriminator
+    if isinstance(g, ConvGeneratorConfig):
+        need(
+            len(g.channels) == len(g.kernels) == len(g.upsample),
+            "generator.channels, .kernels and .upsample must have the same length",
+        )
+        size = g.start_size * 2 ** sum(g.upsample)
+        need(size == 28, f"the conv generator makes {size}x{size} images, not 28x28: "
+             "set generator.start_size and generator.upsample so that they reach 28")
+        need(all(k % 2 == 1 for k in [*g.kernels, g.out_kernel]), "generator kernels must be odd")
+    for name, m in (("generator", g), ("discriminator", d)):
+        need(0 <= m.dropout < 1, f"{name}.dropout must be in [0, 1)")
+        need(m.slope >= 0, f"{name}.slope must be 0 or more")
+        need(all(h >= 1 for h in getattr(m, "hidden", [1])), f"{name}.hidden sizes must be >= 1")
+    need(d.real_index in (0, 1), "discriminator.real_index must be 0 or 1")
+    need(c.generator.output in ("tanh", "sigmoid"), "generator.output must be tanh or sigmoid")
+    want = "tanh" if c.data.value_range == "tanh" else "sigmoid"
+    need(
+        c.generator.output == want,
+        f"generator.output = {c.generator.output!r} does not match data.value_range = "
+        f"{c.data.value_range!r}: set both to tanh ([-1, 1]) or both to sigmoid ([0, 1])",
+    )

@@ -1,0 +1,87 @@
+"""Building blocks shared by the MLP and convolutional networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def activation(name: str, slope: float = 0.2) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "leaky_relu":
+        return nn.LeakyReLU(slope)
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def batch_norm(
+    kind: str, features: int, keras_momentum: float, eps: float, batch_stats: bool = False
+) -> nn.Module:
+    """Batch norm with Keras's momentum convention (weight of the *old* running value).
+
+    `batch_stats` is Keras 1's ``mode=2``: always normalise with the current batch's statistics,
+    at sampling time too; PyTorch does that when it keeps no running statistics.
+    """
+    cls = nn.BatchNorm1d if kind == "1d" else nn.BatchNorm2d
+    return cls(features, eps=eps, momentum=1.0 - keras_momentum, track_running_stats=not batch_stats)
+
+
+def maybe_spectral(layer: nn.Module, enabled: bool) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(layer) if enabled else layer
+
+
+def initialise(module: nn.Module, scheme: str) -> None:
+    """Re-initialise every dense and conv layer in `module`.
+
+    "keras" is Keras's default (Glorot-uniform weights, zero biases), so the seed presets start
+    from the same distribution as the tutorials; "torch" keeps PyTorch's defaults; "dcgan" is
+    N(0, 0.02) from Radford et al.
+    """
+    if scheme == "torch":
+        return
+    for layer in module.modules():
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            continue
+        weight = getattr(layer, "parametrizations", None)
+        w = weight.weight.original if weight is not None else layer.weight
+        with torch.no_grad():
+            if scheme in ("keras", "glorot_uniform"):
+                nn.init.xavier_uniform_(w)
+            elif scheme == "glorot_normal":
+                nn.init.xavier_normal_(w)
+            elif scheme == "dcgan":
+                nn.init.normal_(w, 0.0, 0.02)
+            else:
+                raise ValueError(f"unknown init {scheme!r}")
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
+class Discriminator(nn.Module):
+    """A feature trunk plus a real-vs-fake head that always returns one logit per image.
+
+    Text 004's head is a 2-way softmax trained with categorical cross-entropy. A softmax over
+    two units is the sigmoid of their difference, so its loss equals binary cross-entropy on
+    ``logit = z[real] - z[fake]`` exactly, gradients included. Keeping the two units preserves
+    the tutorial's parameters while every loss works on a single logit.
+    """
+
+    def __init__(self, trunk: nn.Module, features: int, head: str, real_index: int,
+                 spectral: bool = False) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head_kind = head
+        self.real_index = real_index
+        self.out = maybe_spectral(nn.Linear(features, 1 if head == "sigmoid" else 2), spectral)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.out(self.trunk(images))
+        if self.head_kind == "sigmoid":
+            return z.squeeze(1)
+        return z[:, self.real_index] - z[:, 1 - self.real_index]

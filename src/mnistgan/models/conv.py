@@ -1,0 +1,78 @@
+"""Convolutional GANs: text 000 (dense -> 7x7 -> upsample + conv) and text 004 (dense ->
+14x14x200 -> upsample -> 3x3 convs), with strided-conv discriminators."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ConvDiscriminatorConfig, ConvGeneratorConfig
+from .common import Discriminator, activation, batch_norm, initialise, maybe_spectral
+
+
+class ConvGenerator(nn.Module):
+    """noise -> Dense(C*S*S) -> BN -> act -> reshape (C, S, S) -> Dropout
+    -> [Upsample x2? -> Conv k x k ('same') -> BN -> act -> Dropout] per layer
+    -> Conv(out_kernel) to 1 channel -> output activation."""
+
+    def __init__(self, noise_dim: int, c: ConvGeneratorConfig) -> None:
+        super().__init__()
+        self.start = (c.start_channels, c.start_size, c.start_size)
+        features = c.start_channels * c.start_size**2
+        self.dense = nn.Linear(noise_dim, features)
+        stem: list[nn.Module] = []
+        if c.batch_norm:
+            stem.append(batch_norm("1d", features, c.bn_momentum, c.bn_eps, c.bn_batch_stats))
+        stem.append(activation(c.activation, c.slope))
+        self.stem = nn.Sequential(*stem)
+        body: list[nn.Module] = [nn.Dropout(c.dropout)] if c.dropout else []
+        width = c.start_channels
+        for ch, k, up in zip(c.channels, c.kernels, c.upsample, strict=True):
+            if up:
+                body.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            body.append(nn.Conv2d(width, ch, k, padding=k // 2))
+            if c.batch_norm:
+                body.append(batch_norm("2d", ch, c.bn_momentum, c.bn_eps, c.bn_batch_stats))
+            body.append(activation(c.activation, c.slope))
+            if c.dropout:
+                body.append(nn.Dropout(c.dropout))
+            width = ch
+        body += [nn.Conv2d(width, 1, c.out_kernel, padding=c.out_kernel // 2),
+                 activation(c.output)]
+        self.body = nn.Sequential(*body)
+        initialise(self, c.init)
+        if c.init_first is not None:
+            initialise(self.dense, c.init_first)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.stem(self.dense(z)).view(-1, *self.start)
+        return self.body(x)
+
+
+def conv_discriminator(c: ConvDiscriminatorConfig) -> Discriminator:
+    """image -> [Conv k x k stride s ('same') -> BN? -> act -> Dropout] per channel count
+    -> Flatten -> [Dense -> act -> Dropout] per hidden size -> head."""
+    layers: list[nn.Module] = []
+    width, size = 1, 28
+    for ch in c.channels:
+        layers.append(maybe_spectral(
+            nn.Conv2d(width, ch, c.kernel, stride=c.stride, padding=c.kernel // 2),
+            c.spectral_norm))
+        if c.batch_norm:
+            layers.append(batch_norm("2d", ch, c.bn_momentum, c.bn_eps))
+        layers.append(activation(c.activation, c.slope))
+        if c.dropout:
+            layers.append(nn.Dropout(c.dropout))
+        width = ch
+        size = (size + 2 * (c.kernel // 2) - c.kernel) // c.stride + 1
+    layers.append(nn.Flatten())
+    features = width * size * size
+    for h in c.hidden:
+        layers += [maybe_spectral(nn.Linear(features, h), c.spectral_norm),
+                   activation(c.hidden_activation, c.slope)]
+        if c.dropout:
+            layers.append(nn.Dropout(c.dropout))
+        features = h
+    net = Discriminator(nn.Sequential(*layers), features, c.head, c.real_index, c.spectral_norm)
+    initialise(net, c.init)
+    return net

@@ -1,0 +1,52 @@
+"""Fully connected GANs: texts 001 (256-512-1024 with batch norm) and 002 (100-128-784)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import MLPDiscriminatorConfig, MLPGeneratorConfig
+from .common import Discriminator, activation, batch_norm, initialise, maybe_spectral
+
+PIXELS = 28 * 28
+
+
+class MLPGenerator(nn.Module):
+    """noise -> [Dense -> activation -> BatchNorm -> Dropout] x len(hidden) -> Dense(784) -> out."""
+
+    def __init__(self, noise_dim: int, c: MLPGeneratorConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = noise_dim
+        for h in c.hidden:
+            layers.append(nn.Linear(width, h))
+            act = activation(c.activation, c.slope)
+            norm = batch_norm("1d", h, c.bn_momentum, c.bn_eps) if c.batch_norm else None
+            if norm is not None and not c.bn_after_activation:
+                layers += [norm, act]
+            else:
+                layers += [act] + ([norm] if norm is not None else [])
+            if c.dropout:
+                layers.append(nn.Dropout(c.dropout))
+            width = h
+        layers += [nn.Linear(width, PIXELS), activation(c.output)]
+        self.net = nn.Sequential(*layers)
+        initialise(self, c.init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(-1, 1, 28, 28)
+
+
+def mlp_discriminator(c: MLPDiscriminatorConfig) -> Discriminator:
+    """image -> Flatten -> [Dense -> activation -> Dropout] x len(hidden) -> head."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = PIXELS
+    for h in c.hidden:
+        layers += [maybe_spectral(nn.Linear(width, h), c.spectral_norm),
+                   activation(c.activation, c.slope)]
+        if c.dropout:
+            layers.append(nn.Dropout(c.dropout))
+        width = h
+    net = Discriminator(nn.Sequential(*layers), width, c.head, c.real_index, c.spectral_norm)
+    initialise(net, c.init)
+    return net

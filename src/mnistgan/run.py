@@ -1,0 +1,123 @@
+"""The run folder: everything one training run leaves behind, described by itself.
+
+    RUN/config.json            the resolved config (loads back with `mnistgan train --preset`)
+    RUN/log.txt                what happened, in words
+    RUN/metrics.jsonl          one JSON row per logged step
+    RUN/samples/step_*.png     grids from one fixed noise batch over training
+    RUN/progress.gif           those grids as an animation
+    RUN/losses.png             loss and D-accuracy curves
+    RUN/real_vs_fake.png       real digits beside generated ones
+    RUN/generator.safetensors, RUN/discriminator.safetensors   weights with their config
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import viz
+from .checkpoint import atomic_write
+from .config import Config
+from .errors import UserError
+
+
+def default_run_path(config: Config, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{config.name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{config.name}-{stamp}-{n}"
+    return path
+
+
+class RunFolder:
+    def __init__(self, path: Path, tensorboard: bool = False) -> None:
+        self.path = path
+        self.config = path / "config.json"
+        self.log = path / "log.txt"
+        self.metrics = path / "metrics.jsonl"
+        self.samples = path / "samples"
+        self.gif = path / "progress.gif"
+        self.losses = path / "losses.png"
+        self.comparison = path / "real_vs_fake.png"
+        self.generator = path / "generator.safetensors"
+        self.discriminator = path / "discriminator.safetensors"
+        self._tb = _tensorboard_writer(path / "tensorboard") if tensorboard else None
+
+    @classmethod
+    def create(cls, path: str | Path, config: Config, tensorboard: bool = False) -> RunFolder:
+        """Make a new run folder, refusing one that already holds files and checking that it
+        can be written before any training time is spent."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UserError(f"output folder {path} already exists and is not empty: "
+                            "choose another --out or delete it")
+        try:
+            (path / "samples").mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_bytes(b"0" * 65536)
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"cannot write to output folder {path} ({exc.strerror}): "
+                            "choose a writable --out with free space") from None
+        run = cls(path, tensorboard)
+        atomic_write(run.config, config.to_json().encode())
+        return run
+
+    def note(self, text: str) -> None:
+        with self.log.open("a", encoding="utf-8") as f:
+            f.write(f"{datetime.now().isoformat(timespec='seconds')} {text}\n")
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        with self.metrics.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, row["step"])
+
+    def save_grid(self, step: int, images: np.ndarray, nrow: int | None = None) -> Path:
+        path = viz.save_grid(images, self.samples / f"step_{step:07d}.png", nrow=nrow)
+        if self._tb is not None:
+            self._tb.add_image("samples", viz.image_grid(images, nrow=nrow), step, dataformats="HW")
+        return path
+
+    def grids(self) -> list[Path]:
+        return sorted(self.samples.glob("step_*.png"))
+
+    def finish(self, real: np.ndarray, fake: np.ndarray, title: str) -> None:
+        """Draw the plots that summarise the run from what it logged."""
+        grids = self.grids()
+        if grids:
+            viz.save_gif(grids, self.gif, captions=[f"step {int(p.stem[5:])}" for p in grids])
+        rows = read_metrics(self.metrics)
+        if rows:
+            viz.plot_losses(rows, self.losses, title=title)
+        viz.save_comparison(real, fake, self.comparison)
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("TensorBoard logging needs the tensorboard package: "
+                        "pip install 'mnistgan[tensorboard]'") from None
+    return SummaryWriter(str(path))
+

@@ -1,0 +1,301 @@
+"""The adversarial training loop, as the tutorials tell it.
+
+One training step:
+
+1. Train the discriminator: show it a batch of real MNIST digits labelled "real" and a batch
+   of the generator's digits labelled "fake" (as two updates, or one on the mixed batch).
+2. Train the generator through the frozen discriminator: feed noise, label the generated
+   digits "real", and update only the generator's weights.
+
+Everything a preset can vary (architectures, noise, loss, batch split, label smoothing, D
+steps per G step, pre-training) comes from the config; this file knows no preset by name.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import save_weights
+from .config import Config
+from .data import ImageBank, to_uint8
+from .errors import UserError
+from .losses import build_loss
+from .models import build_discriminator, build_generator
+from .noise import sample_noise
+from .run import RunFolder, default_run_path
+
+# Columns of the per-step statistics tensor, summed on the device between log rows so that
+# the loop never waits on the host.
+STATS = ("d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but this PyTorch has no MPS: use --device cpu")
+    return torch.device(name)
+
+
+def total_steps(config: Config, n_images: int) -> int:
+    """`steps` if set, else `epochs` passes over the images (one step = one batch)."""
+    t = config.train
+    if t.steps > 0:
+        return t.steps
+    if t.epochs > 0:
+        return max(1, math.ceil(t.epochs * n_images / t.batch_size))
+    raise UserError("no training length: give --steps N or --epochs N")
+
+
+class GAN:
+    """A generator, a discriminator, their optimisers and one loss, with the two updates."""
+
+    def __init__(self, config: Config, data: ImageBank, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.data = data.to(device)
+        t = config.train
+        torch.manual_seed(t.seed)  # weights and dropout masks
+        self.G = build_generator(config).to(device)
+        self.D = build_discriminator(config).to(device)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.g_lr, betas=tuple(t.g_betas),
+                                      eps=t.adam_eps)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.d_lr, betas=tuple(t.d_betas),
+                                      eps=t.adam_eps)
+        self.loss = build_loss(t.loss)
+        # Separate streams, so that changing one choice (e.g. the batch split) leaves the
+        # other draws as they were.
+        self.data_rng = torch.Generator(device).manual_seed(t.seed + 1)
+        self.noise_rng = torch.Generator(device).manual_seed(t.seed + 2)
+        self.step = 0
+        self.d_updates = 0
+        self.g_updates = 0
+        self._epoch_order = torch.empty(0, dtype=torch.long, device=device)
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def noise(self, n: int) -> torch.Tensor:
+        return sample_noise(self.config.noise, n, self.noise_rng, self.device)
+
+    def real_batch(self, n: int) -> torch.Tensor:
+        if self.config.data.sampling == "random":
+            index = self.data.random_index(n, self.data_rng)
+        else:
+            if len(self._epoch_order) < n:
+                self._epoch_order = self.data.epoch_index(self.data_rng)
+            index, self._epoch_order = self._epoch_order[:n], self._epoch_order[n:]
+        return self.data.batch(index)
+
+    def generate_for_d(self, z: torch.Tensor) -> torch.Tensor:
+        """Fakes for the discriminator step: no gradient flows back into G. With
+        fakes = "predict" G runs in inference mode, exactly as Keras's generator.predict()."""
+        predict = self.config.train.fakes == "predict"
+        self.G.train(not predict)
+        with torch.no_grad():
+            fake = self.G(z)
+        self.G.train()
+        return fake
+
+    # -- learning rates ----------------------------------------------------------------
+
+    def _set_lr(self, opt: torch.optim.Optimizer, base: float, updates: int) -> None:
+        t = self.config.train
+        drops = sum(self.step >= m for m in t.lr_milestones)
+        lr = base * t.lr_gamma**drops / (1.0 + t.decay * updates)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+    # -- the two updates -----------------------------------------------------------------
+
+    def update_discriminator(self, images: torch.Tensor, target: float | torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step of D on a batch (Keras: discriminator.train_on_batch)."""
+        self.D.train()
+        logits = self.D(images)
+        loss = self.loss.discriminator(logits, target)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self._set_lr(self.opt_d, self.config.train.d_lr, self.d_updates)
+        self.opt_d.step()
+        self.d_updates += 1
+        return loss.detach(), logits.detach()
+
+    def discriminator_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train D on real images (target 1, or 1 - smoothing) and fakes (target 0).
+        Returns (statistics, the noise the fakes came from)."""
+        t = self.config.train
+        n = t.batch_size // 2 if t.d_batch == "half" else t.batch_size
+        real_target = 1.0 - t.label_smoothing
+        real = self.real_batch(n)
+        z = self.noise(n)
+        fake = self.generate_for_d(z)
+        if t.d_update == "separate":
+            loss_real, logits_real = self.update_discriminator(real, real_target)
+            loss_fake, logits_fake = self.update_discriminator(fake, 0.0)
+            d_loss = (loss_real + loss_fake) / 2
+        else:
+            targets = torch.cat([torch.full((n,), real_target, device=self.device),
+                                 torch.zeros(n, device=self.device)])
+            d_loss, logits = self.update_discriminator(torch.cat([real, fake]), targets)
+            logits_real, logits_fake = logits[:n], logits[n:]
+        p_real, p_fake = torch.sigmoid(logits_real), torch.sigmoid(logits_fake)
+        stats = torch.stack([d_loss, p_real.mean(), p_fake.mean(),
+                             (p_real > 0.5).float().mean(), (p_fake < 0.5).float().mean()])
+        return stats, z
+
+    def generator_step(self, z: torch.Tensor) -> torch.Tensor:
+        """Train G through the stacked model with "real" labels while D stays frozen: D gets
+        no gradient and no optimiser step. D stays in training mode, as the Keras models of
+        the tutorials' time did (its dropout and batch statistics stay on)."""
+        self.G.train()
+        self.D.train()
+        self.D.requires_grad_(False)
+        loss = self.loss.generator(self.D(self.G(z)))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self._set_lr(self.opt_g, self.config.train.g_lr, self.g_updates)
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+        self.g_updates += 1
+        return loss.detach()
+
+    def train_step(self) -> torch.Tensor:
+        """One iteration: D step(s), then one G step. Returns the STATS row (on the device)."""
+        t = self.config.train
+        for _ in range(t.d_steps):
+            d_stats, z = self.discriminator_step()
+        z_g = z if t.g_noise == "reuse" else self.noise(t.batch_size)
+        g_loss = self.generator_step(z_g)
+        self.step += 1
+        return torch.cat([d_stats[:1], g_loss.view(1), d_stats[1:]])
+
+    def pretrain_discriminator(self) -> float:
+        """Text 004: fit D for one epoch on N real and N generated images, shuffled, before
+        the GAN loop. Returns D's accuracy on that set afterwards."""
+        t = self.config.train
+        n = t.pretrain_images
+        real = self.real_batch(n)
+        fake = torch.cat([self.generate_for_d(self.noise(len(c)))
+                          for c in torch.arange(n).split(t.pretrain_batch)])
+        images = torch.cat([real, fake])
+        targets = torch.cat([torch.full((n,), 1.0 - t.label_smoothing), torch.zeros(n)])
+        targets = targets.to(self.device)
+        order = torch.randperm(2 * n, generator=self.data_rng, device=self.device)
+        for batch in order.split(t.pretrain_batch):
+            self.update_discriminator(images[batch], targets[batch])
+        with torch.no_grad():
+            logits = torch.cat([self.D(images[b]) for b in order.split(1024)])
+            correct = (logits > 0) == (targets[order] > 0.5)
+        return correct.float().mean().item()
+
+    def sample(self, z: torch.Tensor) -> torch.Tensor:
+        """Images for looking at: G in inference mode, as Keras's predict()."""
+        self.G.eval()
+        with torch.inference_mode():
+            images = self.G(z)
+        self.G.train()
+        return images
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    images_per_second: float
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    config: Config,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> TrainResult:
+    """Train `config` and write a run folder (default: runs/NAME-TIMESTAMP). The Python
+    equivalent of `mnistgan train`."""
+    t = config.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    data = ImageBank.load(config.data.dataset, "train", data_dir, config.data.digits,
+                          config.data.value_range)
+    steps = total_steps(config, len(data))
+    run = RunFolder.create(out or default_run_path(config), config, tensorboard)
+    run.note(f"preset {config.name}: {steps} steps at batch {t.batch_size} on {len(data)} "
+             f"images, device {device}, {torch.get_num_threads()} threads, seed {t.seed}")
+    gan = GAN(config, data, device)
+
+    grid_rng = torch.Generator(device).manual_seed(t.seed + 3)
+    grid_z = sample_noise(config.noise, t.grid_size, grid_rng, device)
+    nrow = math.ceil(math.sqrt(t.grid_size))
+
+    def save_grid() -> np.ndarray:
+        images = to_uint8(gan.sample(grid_z).cpu(), config.data.value_range).squeeze(1).numpy()
+        run.save_grid(gan.step, images, nrow)
+        return images
+
+    save_grid()
+    if t.pretrain_images:
+        acc = gan.pretrain_discriminator()
+        run.note(f"pre-trained D on {t.pretrain_images} real + {t.pretrain_images} generated "
+                 f"images: accuracy {acc:.3f}")
+
+    bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=config.name)
+    sums = torch.zeros(len(STATS), device=device)
+    since_log, t_log = 0, time.perf_counter()
+    t0 = t_log
+    row: dict[str, Any] = {}
+    while gan.step < steps:
+        sums += gan.train_step()
+        since_log += 1
+        if gan.step % t.log_every == 0 or gan.step == steps:
+            now = time.perf_counter()
+            means = (sums / since_log).tolist()
+            row = {"step": gan.step, "epoch": round(gan.step * t.batch_size / len(data), 4),
+                   **{k: round(v, 6) for k, v in zip(STATS, means, strict=True)},
+                   "d_lr": gan.opt_d.param_groups[0]["lr"], "g_lr": gan.opt_g.param_groups[0]["lr"],
+                   "images_per_s": round(since_log * t.batch_size / (now - t_log), 1),
+                   "wall_s": round(now - t0, 3)}
+            run.log_metrics(row)
+            if not all(math.isfinite(v) for v in means):
+                run.note(f"losses became NaN/Inf at step {gan.step}; stopped")
+                raise UserError(f"training diverged at step {gan.step} (loss is NaN or Inf): "
+                                "lower the learning rates or add label smoothing")
+            bar.set_postfix_str(
+                f"D {row['d_loss']:.3f} G {row['g_loss']:.3f} "
+                f"acc r/f {row['d_acc_real']:.2f}/{row['d_acc_fake']:.2f} "
+                f"{row['images_per_s']:.0f} img/s")
+            bar.update(since_log)
+            sums.zero_()
+            since_log, t_log = 0, now
+        if gan.step % t.sample_every == 0 and gan.step != steps:
+            save_grid()
+    bar.close()
+    seconds = time.perf_counter() - t0
+
+    fake = save_grid()
+    save_weights(gan.G, run.generator, config, "generator")
+    save_weights(gan.D, run.discriminator, config, "discriminator")
+    real_index = torch.randperm(len(data), generator=torch.Generator().manual_seed(t.seed))
+    real = data.images[real_index[: min(len(fake), len(data))].to(data.images.device)]
+    run.finish(real.squeeze(1).cpu().numpy(), fake, title=config.name)
+    ips = steps * t.batch_size / seconds
+    run.note(f"finished {steps} steps in {seconds:.1f} s ({ips:.0f} images/s)")
+    return TrainResult(run.path, steps, seconds, ips, row)

@@ -1,0 +1,147 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mnistgan.config import (
+    ConvGeneratorConfig,
+    config_from_dict,
+    config_from_json,
+    load_config,
+    parse_override,
+    preset_names,
+)
+from mnistgan.errors import UserError
+
+
+def test_every_tutorial_has_a_preset():
+    assert {"seed-000", "seed-001", "seed-002", "seed-004"} <= set(preset_names())
+
+
+@pytest.mark.parametrize("name", ["seed-000", "seed-001", "seed-002", "seed-004"])
+def test_preset_round_trips_through_json(name):
+    config = load_config(name)
+    assert config.name == name
+    again = config_from_json(config.to_json())
+    assert again == config
+
+
+def test_tutorial_values_reach_the_config():
+    c0 = load_config("seed-000")
+    assert (c0.noise.dim, c0.noise.dist, c0.data.digits) == (64, "uniform", [5])
+    assert isinstance(c0.generator, ConvGeneratorConfig) and c0.generator.channels == [64, 32]
+    assert (c0.train.d_lr, c0.train.g_lr, c0.train.decay) == (2e-4, 1e-4, 1e-6)
+    c1 = load_config("seed-001")
+    assert c1.generator.hidden == [256, 512, 1024] and c1.generator.bn_momentum == 0.8
+    assert c1.discriminator.hidden == [512, 256] and c1.train.d_betas == [0.5, 0.999]
+    c2 = load_config("seed-002")
+    assert c2.generator.hidden == [128] and c2.generator.slope == 0.01
+    assert c2.train.label_smoothing == 0.1 and c2.train.g_noise == "reuse"
+    c4 = load_config("seed-004")
+    assert c4.generator.start_channels == 200 and c4.generator.start_size == 14
+    assert c4.discriminator.head == "softmax2" and c4.train.pretrain_images == 10000
+    assert c4.data.value_range == "sigmoid" and c4.generator.output == "sigmoid"
+
+
+def test_overrides_are_typed():
+    c = load_config("seed-001", ["train.batch_size=64", "data.digits=3,5,8",
+                                 "noise.dist=semicircle", "train.d_lr=1e-3",
+                                 "generator.hidden=[128, 256]", "train.d_betas=[0.5, 0.9]"])
+    assert c.train.batch_size == 64 and c.data.digits == [3, 5, 8]
+    assert c.noise.dist == "semicircle" and c.train.d_lr == 1e-3
+    assert c.generator.hidden == [128, 256] and c.train.d_betas == [0.5, 0.9]
+    assert load_config("seed-001", ["data.digits=5"]).data.digits == [5]
+    assert isinstance(load_config("seed-001", ["train.d_lr=1"]).train.d_lr, float)
+
+
+def test_switching_architecture_by_override():
+    c = load_config("seed-001", ["generator.arch=conv", "generator.start_channels=32"])
+    assert isinstance(c.generator, ConvGeneratorConfig) and c.generator.start_channels == 32
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.batchsize=3", "did you mean 'batch_size'"),
+    ("trian.steps=3", "unknown config key 'trian'"),
+    ("train.batch_size=abc", "must be a whole number"),
+    ("train.batch_size=2.5", "must be a whole number"),
+    ("train.batch_size=true", "must be a whole number"),
+    ("train.batch_size=0", "must be at least 1"),
+    ("train.steps=-4", "must be positive"),
+    ("train.d_lr=-1", "greater than 0"),
+    ("train.d_lr=0", "greater than 0"),
+    ("noise.dist=cauchy", "choose one of"),
+    ("data.digits=12", "not in 0-9"),
+    ("data.digits=3,x", "must be a whole number"),
+    ("generator.batch_norm=1", "true or false"),
+    ("generator.arch=transformer", "unknown"),
+    ("train=3", "must be a section"),
+    ("train.seed.x=1", "is a value, not a section"),
+    ("noval", "not key=value"),
+    ("generator.output=sigmoid", "does not match data.value_range"),
+    ("train.label_smoothing=0.7", "[0, 0.5)"),
+    ("train.g_noise=reuse", "needs train.d_batch = 'full'"),
+])
+def test_bad_overrides_are_clear_errors(override, words):
+    with pytest.raises(UserError) as err:
+        load_config("seed-001", [override])
+    assert words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(UserError, match="unknown preset 'nope'.*seed-001"):
+        load_config("nope")
+
+
+def test_config_file_path(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('name = "mine"\n[train]\nsteps = 7\n')
+    c = load_config(str(path))
+    assert c.name == "mine" and c.train.steps == 7
+    path.write_text("name = \n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(str(path))
+
+
+def test_conv_generator_must_reach_28_pixels():
+    with pytest.raises(UserError, match="not 28x28"):
+        load_config("seed-000", ["generator.start_size=8"])
+
+
+def test_bad_json_config():
+    with pytest.raises(UserError, match="not valid JSON"):
+        config_from_json("{nope")
+    with pytest.raises(UserError, match="config object"):
+        config_from_json("[1, 2]")
+
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                    st.text(max_size=8))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+sections = st.sampled_from(["data", "noise", "generator", "discriminator", "train", "name"])
+keys = st.sampled_from(["batch_size", "steps", "dim", "dist", "digits", "hidden", "arch",
+                        "channels", "head", "d_lr", "x", "seed", "upsample"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(sections, st.dictionaries(keys, values, max_size=4) | values, max_size=4))
+def test_config_loader_never_crashes_on_junk(raw):
+    """Any JSON-like junk either loads or is refused with a UserError; never a traceback."""
+    try:
+        config = config_from_dict(raw)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert config_from_json(json.dumps(config.to_dict())) == config
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_override_parser_never_crashes(text):
+    try:
+        key, _ = parse_override(text)
+    except UserError:
+        return
+    assert key and "=" in text

@@ -1,0 +1,116 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from mnistgan import load_config, load_generator, train
+from mnistgan.models import build_generator
+from mnistgan.run import read_metrics
+
+# Each preset at a toy size: a few steps on small batches, so the suite stays fast.
+TINY = {
+    "seed-000": ["train.batch_size=8"],
+    "seed-001": ["train.batch_size=16"],
+    "seed-002": ["train.batch_size=16"],
+    "seed-004": ["train.batch_size=4", "train.pretrain_images=16", "train.pretrain_batch=8"],
+}
+
+
+def tiny(name, steps=4, extra=()):
+    overrides = [*TINY[name], f"train.steps={steps}", "train.log_every=1", "train.sample_every=2",
+                 "train.grid_size=16", *extra]
+    return load_config(name, overrides)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_each_preset_trains_and_writes_a_run_folder(name, tmp_path, mnist_dir):
+    config = tiny(name)
+    result = train(config, out=tmp_path / "run", progress=False)
+    run = result.run_dir
+    for f in ["config.json", "log.txt", "metrics.jsonl", "progress.gif", "losses.png",
+              "real_vs_fake.png", "generator.safetensors", "discriminator.safetensors"]:
+        assert (run / f).is_file(), f
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        for key in ("d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake"):
+            assert math.isfinite(r[key]), (key, r)
+        assert 0 <= r["d_acc_real"] <= 1 and 0 <= r["d_real"] <= 1
+    grids = sorted((run / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step_0000000.png", "step_0000002.png", "step_0000004.png"]
+    assert Image.open(run / "progress.gif").n_frames == 3
+    assert json.loads((run / "config.json").read_text())["name"] == name
+
+    # The generator moved away from its initial weights.
+    torch.manual_seed(config.train.seed)
+    initial = build_generator(config).state_dict()
+    trained = load_file(run / "generator.safetensors")
+    moved = [k for k in initial if initial[k].is_floating_point()
+             and not torch.equal(initial[k], trained[k])]
+    assert moved
+
+    # Sampling from the saved files alone gives images of the right shape and range.
+    images = load_generator(run).sample(5, seed=1)
+    assert images.shape == (5, 28, 28) and images.dtype == np.uint8
+
+
+def test_steps_from_epochs_on_a_digit_subset(tmp_path, mnist_dir):
+    # 5,421 fives at batch 2048 is 2.65 batches an epoch: 1 epoch rounds up to 3 steps.
+    config = load_config("seed-002", ["train.epochs=1", "train.steps=0", "data.digits=5",
+                                      "train.batch_size=2048", "train.log_every=1"])
+    result = train(config, out=tmp_path / "r", progress=False)
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert result.steps == 3 and rows[-1]["epoch"] == pytest.approx(3 * 2048 / 5421, abs=1e-3)
+
+
+def test_same_seed_same_weights(tmp_path, mnist_dir):
+    config = tiny("seed-000", steps=3)
+    a = train(config, out=tmp_path / "a", progress=False).run_dir
+    b = train(config, out=tmp_path / "b", progress=False).run_dir
+    for f in ("generator.safetensors", "discriminator.safetensors"):
+        wa, wb = load_file(a / f), load_file(b / f)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(tiny("seed-000", steps=3, extra=["train.seed=1"]), out=tmp_path / "c",
+              progress=False).run_dir
+    wc = load_file(c / "generator.safetensors")
+    wa = load_file(a / "generator.safetensors")
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_label_smoothing_and_mixed_batches_change_training(tmp_path, mnist_dir):
+    base = tiny("seed-001", steps=2)
+    runs = {}
+    for tag, extra in {"base": [], "smooth": ["train.label_smoothing=0.2"],
+                       "mixed": ["train.d_update=mixed"], "dsteps": ["train.d_steps=2"]}.items():
+        config = tiny("seed-001", steps=2, extra=extra)
+        runs[tag] = load_file(train(config, out=tmp_path / tag, progress=False).run_dir
+                              / "discriminator.safetensors")
+    assert base.train.label_smoothing == 0
+    for tag in ("smooth", "mixed", "dsteps"):
+        assert not torch.equal(runs["base"]["out.weight"], runs[tag]["out.weight"]), tag
+
+
+def test_keras_decay_and_milestones_set_the_learning_rate(tmp_path, mnist_dir):
+    config = tiny("seed-002", steps=4, extra=["train.decay=0.5", "train.lr_milestones=[3]",
+                                              "train.lr_gamma=0.1"])
+    rows = read_metrics(train(config, out=tmp_path / "r", progress=False).run_dir
+                        / "metrics.jsonl")
+    g_lr = config.train.g_lr
+    # G update k (0-based) at step k+1 uses lr / (1 + decay * k), times 0.1 from step 3 on.
+    assert rows[0]["g_lr"] == pytest.approx(g_lr)
+    assert rows[1]["g_lr"] == pytest.approx(g_lr / 1.5)
+    assert rows[3]["g_lr"] == pytest.approx(0.1 * g_lr / 2.5)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, mnist_dir):
+    from mnistgan import UserError
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="already exists"):
+        train(tiny("seed-002"), out=tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "precious.txt").read_text() == "keep me"
