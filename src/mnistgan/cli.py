@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 from .config import load_config, preset_names, preset_path, read_toml
 from .errors import UserError
 

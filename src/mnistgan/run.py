@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import viz
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 from .config import Config
 from .errors import UserError
 

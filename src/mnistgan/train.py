@@ -197,9 +197,11 @@ class GAN:
         order = torch.randperm(2 * n, generator=self.data_rng, device=self.device)
         for batch in order.split(t.pretrain_batch):
             self.update_discriminator(images[batch], targets[batch])
+        self.D.eval()  # measure without dropout, as Keras's evaluate() does
         with torch.no_grad():
             logits = torch.cat([self.D(images[b]) for b in order.split(1024)])
             correct = (logits > 0) == (targets[order] > 0.5)
+        self.D.train()
         return correct.float().mean().item()
 
     def sample(self, z: torch.Tensor) -> torch.Tensor:
