@@ -40,9 +40,8 @@ def matmul_gflops(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
 
 
 def measure(preset: str, threads: int, repeats: int, window: float) -> dict:
-    from mnistgan.data import ImageBank
-
     from mnistgan.config import load_config
+    from mnistgan.data import ImageBank
     from mnistgan.train import GAN
 
     torch.set_num_threads(threads)

@@ -312,8 +312,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = [k for k in raw if k not in fields]
     if unknown:
-        key = unknown[0]
-        full = f"{where}.{key}" if where else key
+        key = str(unknown[0])
+        full = (f"{where}.{key}" if where else key).encode("unicode_escape").decode()
         close = difflib.get_close_matches(key, list(fields), n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
         raise UserError(f"unknown config key '{full}': {hint}")

@@ -27,6 +27,7 @@ from .checkpoint import save_weights
 from .config import Config
 from .data import ImageBank, to_uint8
 from .errors import UserError
+from .health import Finding, HealthMonitor, diversity
 from .losses import build_loss
 from .models import build_discriminator, build_generator
 from .noise import sample_noise
@@ -220,6 +221,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     last: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
 
 
 def train(
@@ -242,62 +244,122 @@ def train(
     run.note(f"preset {config.name}: {steps} steps at batch {t.batch_size} on {len(data)} "
              f"images, device {device}, {torch.get_num_threads()} threads, seed {t.seed}")
     gan = GAN(config, data, device)
+    return Loop(gan, run, steps, progress).run()
 
-    grid_rng = torch.Generator(device).manual_seed(t.seed + 3)
-    grid_z = sample_noise(config.noise, t.grid_size, grid_rng, device)
-    nrow = math.ceil(math.sqrt(t.grid_size))
 
-    def save_grid() -> np.ndarray:
-        images = to_uint8(gan.sample(grid_z).cpu(), config.data.value_range).squeeze(1).numpy()
-        run.save_grid(gan.step, images, nrow)
-        return images
+class Loop:
+    """Drives a GAN for a number of steps and keeps the run folder up to date: metric rows,
+    sample grids, health findings, and the weights at the end (or the last good ones)."""
 
-    save_grid()
-    if t.pretrain_images:
-        acc = gan.pretrain_discriminator()
-        run.note(f"pre-trained D on {t.pretrain_images} real + {t.pretrain_images} generated "
-                 f"images: accuracy {acc:.3f}")
+    def __init__(self, gan: GAN, run: RunFolder, steps: int, progress: bool) -> None:
+        self.gan, self.folder, self.steps = gan, run, steps
+        config = gan.config
+        t = config.train
+        self.value_range = config.data.value_range
+        grid_rng = torch.Generator(gan.device).manual_seed(t.seed + 3)
+        self.grid_z = sample_noise(config.noise, t.grid_size, grid_rng, gan.device)
+        self.nrow = math.ceil(math.sqrt(t.grid_size))
+        order = torch.randperm(len(gan.data), generator=torch.Generator().manual_seed(t.seed))
+        self.real_grid = gan.data.batch(order[: min(t.grid_size, len(gan.data))].to(gan.device))
+        self.health = HealthMonitor()
+        self.findings: list[Finding] = []
+        self.good_state = {"G": _copy(gan.G), "D": _copy(gan.D)}
+        self.bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True,
+                        desc=config.name)
 
-    bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True,
-               desc=config.name)
-    sums = torch.zeros(len(STATS), device=device)
-    since_log, t_log = 0, time.perf_counter()
-    t0 = t_log
-    row: dict[str, Any] = {}
-    while gan.step < steps:
-        sums += gan.train_step()
-        since_log += 1
-        if gan.step % t.log_every == 0 or gan.step == steps:
-            now = time.perf_counter()
-            means = (sums / since_log).tolist()
-            row = {"step": gan.step, "epoch": round(gan.step * t.batch_size / len(data), 4),
-                   **{k: round(v, 6) for k, v in zip(STATS, means, strict=True)},
-                   "d_lr": gan.opt_d.param_groups[0]["lr"], "g_lr": gan.opt_g.param_groups[0]["lr"],
-                   "images_per_s": round(since_log * t.batch_size / (now - t_log), 1),
-                   "wall_s": round(now - t0, 3)}
-            run.log_metrics(row)
-            if not all(math.isfinite(v) for v in means):
-                run.note(f"losses became NaN/Inf at step {gan.step}; stopped")
-                raise UserError(f"training diverged at step {gan.step} (loss is NaN or Inf): "
-                                "lower the learning rates or add label smoothing")
-            bar.set_postfix_str(
-                f"D {row['d_loss']:.3f} G {row['g_loss']:.3f} "
-                f"acc r/f {row['d_acc_real']:.2f}/{row['d_acc_fake']:.2f} "
-                f"{row['images_per_s']:.0f} img/s")
-            bar.update(since_log)
-            sums.zero_()
-            since_log, t_log = 0, now
-        if gan.step % t.sample_every == 0 and gan.step != steps:
-            save_grid()
-    bar.close()
-    seconds = time.perf_counter() - t0
+    def sample_grid(self) -> tuple[np.ndarray, float]:
+        """Save the fixed-noise grid; returns it and the samples' diversity."""
+        fake = self.gan.sample(self.grid_z)
+        images = to_uint8(fake.cpu(), self.value_range).squeeze(1).numpy()
+        self.folder.save_grid(self.gan.step, images, self.nrow)
+        return images, diversity(fake, self.real_grid)
 
-    fake = save_grid()
-    save_weights(gan.G, run.generator, config, "generator")
-    save_weights(gan.D, run.discriminator, config, "discriminator")
-    real_index = torch.randperm(len(data), generator=torch.Generator().manual_seed(t.seed))
-    real = data.images[real_index[: min(len(fake), len(data))].to(data.images.device)]
-    run.finish(real.squeeze(1).cpu().numpy(), fake, title=config.name)
-    ips = steps * t.batch_size / seconds
-    run.note(f"finished {steps} steps in {seconds:.1f} s ({ips:.0f} images/s)")
-    return TrainResult(run.path, steps, seconds, ips, row)
+    def say(self, text: str) -> None:
+        self.folder.note(text)
+        self.bar.write(f"mnistgan: {text}")
+
+    def run(self) -> TrainResult:
+        gan, t = self.gan, self.gan.config.train
+        self.sample_grid()
+        if t.pretrain_images:
+            acc = gan.pretrain_discriminator()
+            self.folder.note(f"pre-trained D on {t.pretrain_images} real + {t.pretrain_images} "
+                          f"generated images: accuracy {acc:.3f}")
+        sums = torch.zeros(len(STATS), device=gan.device)
+        since_log, t_log = 0, time.perf_counter()
+        t0 = t_log
+        row: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        while gan.step < self.steps:
+            sums += gan.train_step()
+            since_log += 1
+            if gan.step % t.sample_every == 0 and gan.step != self.steps:
+                extra["diversity"] = round(self.sample_grid()[1], 4)
+            if gan.step % t.log_every == 0 or gan.step == self.steps:
+                now = time.perf_counter()
+                row = self.log_row(sums / since_log, since_log, now - t_log, now - t0, extra)
+                if "diverged" in self.check_health(row):
+                    return self.stop_diverged()
+                if _finite(gan.G) and _finite(gan.D):
+                    self.good_state = {"G": _copy(gan.G), "D": _copy(gan.D)}
+                self.bar.update(since_log)
+                sums.zero_()
+                extra = {}
+                since_log, t_log = 0, now
+        self.bar.close()
+        seconds = time.perf_counter() - t0
+        self.finish()
+        ips = self.steps * t.batch_size / seconds
+        self.folder.note(f"finished {self.steps} steps in {seconds:.1f} s ({ips:.0f} images/s)")
+        return TrainResult(self.folder.path, self.steps, seconds, ips, row, self.findings)
+
+    def log_row(self, means: torch.Tensor, steps: int, interval: float, wall: float,
+                extra: dict[str, Any]) -> dict[str, Any]:
+        gan, t = self.gan, self.gan.config.train
+        values = means.tolist()  # the one host sync per log interval
+        row = {"step": gan.step, "epoch": round(gan.step * t.batch_size / len(gan.data), 4),
+               **{k: round(v, 6) if math.isfinite(v) else v
+                  for k, v in zip(STATS, values, strict=True)},
+               "d_lr": gan.opt_d.param_groups[0]["lr"], "g_lr": gan.opt_g.param_groups[0]["lr"],
+               "images_per_s": round(steps * t.batch_size / interval, 1),
+               "wall_s": round(wall, 3), **extra}
+        self.folder.log_metrics(row)
+        self.bar.set_postfix_str(
+            f"D {row['d_loss']:.3f} G {row['g_loss']:.3f} "
+            f"acc r/f {row['d_acc_real']:.2f}/{row['d_acc_fake']:.2f} "
+            f"{row['images_per_s']:.0f} img/s")
+        return row
+
+    def check_health(self, row: dict[str, Any]) -> set[str]:
+        found = self.health.update(row)
+        for finding in found:
+            self.findings.append(finding)
+            self.say(str(finding))
+        return {f.code for f in found}
+
+    def stop_diverged(self) -> TrainResult:
+        """Put back the last finite weights, save them and stop with a clear message."""
+        gan = self.gan
+        self.bar.close()
+        gan.G.load_state_dict(self.good_state["G"])
+        gan.D.load_state_dict(self.good_state["D"])
+        self.finish()
+        raise UserError(
+            f"training diverged at step {gan.step} (loss is NaN or Inf); the last good weights "
+            f"are in {self.folder.path}: lower the learning rates or add label smoothing")
+
+    def finish(self) -> None:
+        gan, config = self.gan, self.gan.config
+        fake, _ = self.sample_grid()
+        save_weights(gan.G, self.folder.generator, config, "generator")
+        save_weights(gan.D, self.folder.discriminator, config, "discriminator")
+        real = to_uint8(self.real_grid.cpu(), self.value_range).squeeze(1).numpy()
+        self.folder.finish(real, fake, title=config.name)
+
+
+def _copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in module.parameters())
