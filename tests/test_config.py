@@ -145,3 +145,11 @@ def test_override_parser_never_crashes(text):
     except UserError:
         return
     assert key and "=" in text
+
+
+def test_a_run_config_json_loads_as_a_preset(tmp_path):
+    config = load_config("seed-000", ["train.seed=9"])
+    path = tmp_path / "config.json"
+    path.write_text(config.to_json())
+    again = load_config(str(path), ["train.steps=11"])
+    assert again.train.seed == 9 and again.train.steps == 11 and again.name == "seed-000"

@@ -11,7 +11,7 @@ The Python API mirrors the command line:
 from .config import Config, load_config, preset_names
 from .errors import UserError
 from .generate import TrainedGenerator, load_generator
-from .train import TrainResult, train
+from .train import TrainResult, resume, train
 
 __all__ = [
     "Config",
@@ -21,6 +21,7 @@ __all__ = [
     "load_config",
     "load_generator",
     "preset_names",
+    "resume",
     "train",
 ]
 __version__ = "0.1.0"

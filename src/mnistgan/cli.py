@@ -11,7 +11,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .config import load_config, preset_names, preset_path, read_toml
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,6 +71,8 @@ def build_parser() -> Parser:
     length.add_argument("--steps", type=positive_int, help="training steps (G updates)")
     length.add_argument("--epochs", type=positive_float, help="passes over the training images")
     p.add_argument("--out", type=Path, help="run folder to create (default runs/PRESET-TIME)")
+    p.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue RUN from its newest checkpoint (--steps/--epochs: new total)")
     p.add_argument("--data-dir", help="folder with the IDX files (default: $MNISTGAN_DATA, "
                                       "else download into the cache)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -110,8 +112,18 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import resume, train
 
+    if args.resume is not None:
+        if args.overrides or args.out or args.print_config or any(
+                getattr(args, name) is not None for name in NAMED):
+            raise UserError("--resume continues a run with its own config: only --steps, "
+                            "--epochs, --data-dir and --no-progress go with it")
+        result = resume(args.resume, steps=args.steps, epochs=args.epochs,
+                        data_dir=args.data_dir, progress=not args.no_progress,
+                        tensorboard=args.tensorboard)
+        print(f"run folder: {result.run_dir} (step {result.steps})")
+        return 0
     config = load_config(args.preset, train_overrides(args))
     if args.print_config:
         print(config.to_json())
@@ -160,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"mnistgan: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"mnistgan: {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         print("mnistgan: interrupted", file=sys.stderr)
         return 130

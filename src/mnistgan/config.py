@@ -171,6 +171,8 @@ class TrainConfig:
     device: Literal["cpu", "cuda", "mps", "auto"] = "cpu"
     log_every: int = 50
     sample_every: int = 500
+    checkpoint_every: int = 1000  # steps between resumable checkpoints (and at the end)
+    keep_checkpoints: int = 3
     grid_size: int = 100  # samples in each progress grid (a square number reads best)
 
 
@@ -202,8 +204,9 @@ def preset_names() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
-    """The TOML file behind a preset name, or the path itself if `name` is a .toml file."""
-    if name.endswith(".toml"):
+    """The TOML file behind a preset name, or the path itself if `name` is a .toml file (or a
+    run's config.json)."""
+    if name.endswith((".toml", ".json")):
         path = Path(name)
         if not path.is_file():
             raise UserError(f"config file {name} does not exist: check the path")
@@ -212,7 +215,7 @@ def preset_path(name: str) -> Path:
     if not path.is_file():
         raise UserError(
             f"unknown preset '{name}': choose one of {', '.join(preset_names())} "
-            "or give a .toml file"
+            "or give a .toml file or a run's config.json"
         )
     return path
 
@@ -227,8 +230,11 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_config(preset: str = "seed-001", overrides: list[str] | None = None) -> Config:
-    """Read a preset (name or .toml path) and apply `section.key=value` overrides."""
-    raw = read_toml(preset_path(preset))
+    """Read a preset (name, .toml path, or a run's config.json) and apply `section.key=value`
+    overrides."""
+    path = preset_path(preset)
+    raw = read_toml(path) if path.suffix != ".json" else config_from_json(
+        path.read_text(encoding="utf-8"), str(path)).to_dict()
     for item in overrides or []:
         key, value = parse_override(item)
         section = raw.get(key.split(".")[0])
@@ -406,6 +412,8 @@ def check_values(c: Config) -> None:
     need(t.threads >= 0, "train.threads must be 0 (automatic) or more")
     need(t.log_every >= 1, "train.log_every must be at least 1")
     need(t.sample_every >= 1, "train.sample_every must be at least 1")
+    need(t.checkpoint_every >= 1, "train.checkpoint_every must be at least 1")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1")
     need(t.grid_size >= 1, "train.grid_size must be at least 1")
     bad = [d for d in c.data.digits if not 0 <= d <= 9]
     need(not bad, f"digit {bad[0] if bad else ''} is not in 0-9: use e.g. --digits 5 or --digits 3,5,8")

@@ -11,3 +11,12 @@ class UserError(Exception):
 
 class DataError(UserError):
     """Missing, damaged or unexpected data files."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint; `code` is the exit status
+    (128 + the signal number: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,6 +1,6 @@
 """The run folder: everything one training run leaves behind, described by itself.
 
-    RUN/config.json            the resolved config (loads back with `mnistgan train --preset`)
+    RUN/config.json            the resolved config (`mnistgan train --preset RUN/config.json`)
     RUN/log.txt                what happened, in words
     RUN/metrics.jsonl          one JSON row per logged step
     RUN/samples/step_*.png     grids from one fixed noise batch over training
@@ -8,6 +8,7 @@
     RUN/losses.png             loss and D-accuracy curves
     RUN/real_vs_fake.png       real digits beside generated ones
     RUN/generator.safetensors, RUN/discriminator.safetensors   weights with their config
+    RUN/checkpoints/step_*/    resumable training state (see checkpoint.py)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class RunFolder:
         self.comparison = path / "real_vs_fake.png"
         self.generator = path / "generator.safetensors"
         self.discriminator = path / "discriminator.safetensors"
+        self.checkpoints = path / "checkpoints"
         self._tb = _tensorboard_writer(path / "tensorboard") if tensorboard else None
 
     @classmethod
@@ -68,6 +70,25 @@ class RunFolder:
         run = cls(path, tensorboard)
         atomic_write(run.config, config.to_json().encode())
         return run
+
+    @classmethod
+    def open(cls, path: str | Path, tensorboard: bool = False) -> RunFolder:
+        """An existing run folder, to resume."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a run folder (no config.json): give the folder "
+                            "that mnistgan train wrote")
+        return cls(path, tensorboard)
+
+    def rewind(self, step: int, config: Config) -> None:
+        """Forget what was logged after `step` (the checkpoint resumed from), so the resumed
+        run's metric rows and grids continue without duplicates; record the new config."""
+        rows = [r for r in read_metrics(self.metrics) if r["step"] <= step]
+        atomic_write(self.metrics, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        for grid in self.grids():
+            if int(grid.stem[5:]) > step:
+                grid.unlink()
+        atomic_write(self.config, config.to_json().encode())
 
     def note(self, text: str) -> None:
         with self.log.open("a", encoding="utf-8") as f:
@@ -104,12 +125,18 @@ class RunFolder:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The logged rows. A last line cut short by a kill mid-write is left out."""
     if not path.exists():
         return []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for i, line in enumerate(lines):
+        try:
             rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                break
+            raise UserError(f"{path} line {i + 1} is damaged: remove that line") from None
     return rows
 
 

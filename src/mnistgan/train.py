@@ -14,7 +14,11 @@ steps per G step, pre-training) comes from the config; this file knows no preset
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import save_weights
-from .config import Config
+from .checkpoint import Snapshot, list_checkpoints, read_checkpoint, restore, save_checkpoint, save_weights
+from .config import Config, config_from_json
 from .data import ImageBank, to_uint8
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .health import Finding, HealthMonitor, diversity
 from .losses import build_loss
 from .models import build_discriminator, build_generator
@@ -85,7 +89,7 @@ class GAN:
         self.step = 0
         self.d_updates = 0
         self.g_updates = 0
-        self._epoch_order = torch.empty(0, dtype=torch.long, device=device)
+        self.epoch_order = torch.empty(0, dtype=torch.long, device=device)
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -96,9 +100,9 @@ class GAN:
         if self.config.data.sampling == "random":
             index = self.data.random_index(n, self.data_rng)
         else:
-            if len(self._epoch_order) < n:
-                self._epoch_order = self.data.epoch_index(self.data_rng)
-            index, self._epoch_order = self._epoch_order[:n], self._epoch_order[n:]
+            if len(self.epoch_order) < n:
+                self.epoch_order = self.data.epoch_index(self.data_rng)
+            index, self.epoch_order = self.epoch_order[:n], self.epoch_order[n:]
         return self.data.batch(index)
 
     def generate_for_d(self, z: torch.Tensor) -> torch.Tensor:
@@ -247,12 +251,54 @@ def train(
     return Loop(gan, run, steps, progress).run()
 
 
+def resume(
+    run_dir: str | Path,
+    steps: int | None = None,
+    epochs: float | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> TrainResult:
+    """Continue a run from its newest checkpoint. `steps`/`epochs` give the run's new total
+    (not a number of extra steps), so a resumed run stops where an uninterrupted one would.
+    The Python equivalent of `mnistgan train --resume RUN`."""
+    run = RunFolder.open(run_dir, tensorboard)
+    config = config_from_json(run.config.read_text(encoding="utf-8"), str(run.config))
+    if steps is not None or epochs is not None:
+        config.train.steps = steps or 0
+        config.train.epochs = epochs or 0.0
+    checkpoints = list_checkpoints(run.checkpoints)
+    if not checkpoints:
+        raise UserError(f"{run.path} has no checkpoint to resume from (it stopped before its "
+                        "first one): start it again with mnistgan train")
+    tensors, meta = read_checkpoint(checkpoints[-1])
+    t = config.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    data = ImageBank.load(config.data.dataset, "train", data_dir, config.data.digits,
+                          config.data.value_range)
+    total = total_steps(config, len(data))
+    if meta["step"] >= total:
+        raise UserError(f"{run.path} is already at step {meta['step']} of {total}: "
+                        f"give a larger total, e.g. --steps {2 * meta['step']}")
+    gan = GAN(config, data, device)
+    snapshot = restore(gan, tensors, meta, str(checkpoints[-1]))
+    run.rewind(gan.step, config)
+    run.note(f"resumed from {checkpoints[-1].name}: step {gan.step} of {total}")
+    return Loop(gan, run, total, progress, snapshot, float(meta.get("wall_s", 0.0))).run()
+
+
 class Loop:
     """Drives a GAN for a number of steps and keeps the run folder up to date: metric rows,
     sample grids, health findings, and the weights at the end (or the last good ones)."""
 
-    def __init__(self, gan: GAN, run: RunFolder, steps: int, progress: bool) -> None:
+    def __init__(self, gan: GAN, run: RunFolder, steps: int, progress: bool,
+                 snapshot: Snapshot | None = None, wall_before: float = 0.0) -> None:
         self.gan, self.folder, self.steps = gan, run, steps
+        self.snapshot = snapshot or Snapshot(torch.zeros(len(STATS), device=gan.device), 0)
+        self.wall_before = wall_before
+        self.signal: int | None = None
         config = gan.config
         t = config.train
         self.value_range = config.data.value_range
@@ -264,8 +310,8 @@ class Loop:
         self.health = HealthMonitor()
         self.findings: list[Finding] = []
         self.good_state = {"G": _copy(gan.G), "D": _copy(gan.D)}
-        self.bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True,
-                        desc=config.name)
+        self.bar = tqdm(total=steps, initial=gan.step, disable=not progress, unit="step",
+                        dynamic_ncols=True, desc=config.name)
 
     def sample_grid(self) -> tuple[np.ndarray, float]:
         """Save the fixed-noise grid; returns it and the samples' diversity."""
@@ -279,15 +325,21 @@ class Loop:
         self.bar.write(f"mnistgan: {text}")
 
     def run(self) -> TrainResult:
+        with self.signals():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         gan, t = self.gan, self.gan.config.train
-        self.sample_grid()
-        if t.pretrain_images:
-            acc = gan.pretrain_discriminator()
-            self.folder.note(f"pre-trained D on {t.pretrain_images} real + {t.pretrain_images} "
-                          f"generated images: accuracy {acc:.3f}")
-        sums = torch.zeros(len(STATS), device=gan.device)
-        since_log, t_log = 0, time.perf_counter()
-        t0 = t_log
+        if gan.step == 0:
+            self.sample_grid()
+            if t.pretrain_images:
+                acc = gan.pretrain_discriminator()
+                self.folder.note(f"pre-trained D on {t.pretrain_images} real + "
+                                 f"{t.pretrain_images} generated images: accuracy {acc:.3f}")
+        sums, since_log = self.snapshot.metric_sums, self.snapshot.since_log
+        t_log = time.perf_counter()
+        t0 = t_log - self.wall_before
+        start_step = gan.step
         row: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         while gan.step < self.steps:
@@ -306,12 +358,54 @@ class Loop:
                 sums.zero_()
                 extra = {}
                 since_log, t_log = 0, now
+            if gan.step % t.checkpoint_every == 0 or gan.step == self.steps:
+                self.checkpoint(sums, since_log, time.perf_counter() - t0)
+            if self.signal is not None:
+                return self.stop_interrupted(sums, since_log, time.perf_counter() - t0)
         self.bar.close()
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - self.wall_before
         self.finish()
-        ips = self.steps * t.batch_size / seconds
-        self.folder.note(f"finished {self.steps} steps in {seconds:.1f} s ({ips:.0f} images/s)")
+        ips = (self.steps - start_step) * t.batch_size / max(seconds, 1e-9)
+        self.folder.note(f"finished {self.steps} steps; this session {seconds:.1f} s "
+                         f"({ips:.0f} images/s)")
         return TrainResult(self.folder.path, self.steps, seconds, ips, row, self.findings)
+
+    def checkpoint(self, sums: torch.Tensor, since_log: int, wall: float) -> Path:
+        t = self.gan.config.train
+        return save_checkpoint(self.gan, Snapshot(sums, since_log), self.folder.checkpoints,
+                               t.keep_checkpoints, wall_s=wall)
+
+    @contextmanager
+    def signals(self) -> Iterator[None]:
+        """First Ctrl-C or SIGTERM: finish the step, checkpoint, exit. A second: stop at once
+        (checkpoint writes are atomic, so the last one stays whole)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: Any) -> None:
+            if self.signal is not None:
+                raise KeyboardInterrupt
+            self.signal = signum
+            self.bar.write("mnistgan: stopping after this step (press Ctrl-C again to quit now)")
+
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def stop_interrupted(self, sums: torch.Tensor, since_log: int, wall: float) -> TrainResult:
+        self.bar.close()
+        if self.gan.step % self.gan.config.train.checkpoint_every:
+            self.checkpoint(sums, since_log, wall)
+        self.finish()
+        name = signal.Signals(self.signal).name
+        self.folder.note(f"stopped by {name} at step {self.gan.step}")
+        raise Interrupted(f"stopped by {name} at step {self.gan.step} of {self.steps}; "
+                          f"continue with: mnistgan train --resume {self.folder.path}",
+                          128 + self.signal)
 
     def log_row(self, means: torch.Tensor, steps: int, interval: float, wall: float,
                 extra: dict[str, Any]) -> dict[str, Any]:

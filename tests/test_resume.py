@@ -1,0 +1,143 @@
+"""Never lose a run: exact resume, signals, kill -9, damaged checkpoints."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnistgan import UserError, load_config, resume, train
+from mnistgan.checkpoint import list_checkpoints, read_checkpoint
+from mnistgan.run import read_metrics
+
+TIMING = ("wall_s", "images_per_s")
+
+
+def untimed(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def same_weights(a, b):
+    for name in ("generator.safetensors", "discriminator.safetensors"):
+        wa, wb = load_file(a / name), load_file(b / name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (name, k)
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("seed-000", ["train.batch_size=8"]),                      # dropout, batch norm, uniform noise
+    ("seed-002", ["train.batch_size=16", "train.d_steps=2"]),  # epoch sampling, reused noise
+])
+def test_resume_is_bit_identical(name, extra, tmp_path, mnist_dir):
+    common = [*extra, "train.log_every=1", "train.sample_every=3", "train.checkpoint_every=2",
+              "train.grid_size=16"]
+    whole = train(load_config(name, [*common, "train.steps=8"]), out=tmp_path / "whole",
+                  progress=False).run_dir
+    half = train(load_config(name, [*common, "train.steps=4"]), out=tmp_path / "half",
+                 progress=False).run_dir
+    result = resume(half, steps=8, progress=False)
+    assert result.steps == 8
+    same_weights(whole, half)
+    assert untimed(read_metrics(whole / "metrics.jsonl")) == untimed(read_metrics(half / "metrics.jsonl"))
+    assert [p.name for p in list_checkpoints(half / "checkpoints")] == [
+        "step_0000004", "step_0000006", "step_0000008"]  # keep_checkpoints = 3
+
+
+def test_resume_refuses_a_finished_run_and_a_missing_one(tmp_path, mnist_dir):
+    run = train(load_config("seed-002", ["train.steps=2", "train.batch_size=8"]),
+                out=tmp_path / "r", progress=False).run_dir
+    with pytest.raises(UserError, match="already at step 2 of 2"):
+        resume(run, progress=False)
+    with pytest.raises(UserError, match="not a run folder"):
+        resume(tmp_path / "nothing", progress=False)
+
+
+@pytest.fixture
+def finished_run(tmp_path, mnist_dir):
+    return train(load_config("seed-002", ["train.steps=4", "train.batch_size=8",
+                                          "train.checkpoint_every=2"]),
+                 out=tmp_path / "r", progress=False).run_dir
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "manifest"])
+def test_damaged_checkpoint_is_refused_by_name(finished_run, damage):
+    newest = list_checkpoints(finished_run / "checkpoints")[-1]
+    target = newest / ("manifest.json" if damage == "manifest" else "state.safetensors")
+    data = bytearray(target.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x40
+    else:
+        data = data[: len(data) // 3]
+    target.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="step_0000004") as err:
+        resume(finished_run, steps=6, progress=False)
+    assert "delete that folder" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def start(args, tmp_path):
+    return subprocess.Popen([sys.executable, "-m", "mnistgan", "train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env=os.environ.copy())
+
+
+def wait_for_rows(run, n, proc, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(read_metrics(run / "metrics.jsonl")) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("training made no progress")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_checkpoints_and_says_how_to_resume(sig, code, tmp_path, mnist_dir):
+    run = tmp_path / "run"
+    proc = start(["--preset", "seed-002", "--steps", "100000", "--out", run, "--log-every", "5",
+                  "--set", "train.checkpoint_every=100000", "--no-progress"], tmp_path)
+    wait_for_rows(run, 2, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert f"mnistgan train --resume {run}" in err and "Traceback" not in err
+    step = read_checkpoint(list_checkpoints(run / "checkpoints")[-1])[1]["step"]
+    assert step >= 10 and (run / "generator.safetensors").is_file()
+    resumed = resume(run, steps=step + 5, progress=False)
+    assert resumed.steps == step + 5
+
+
+def test_kill_9_at_random_moments_never_loses_the_last_checkpoint(tmp_path, mnist_dir):
+    """Checkpoint every step so that kills often land inside a checkpoint write."""
+    run = tmp_path / "run"
+    args = ["--preset", "seed-002", "--steps", "400", "--out", run, "--log-every", "1",
+            "--set", "train.checkpoint_every=1", "--no-progress"]
+    rng = random.Random(0)
+    proc = start(args, tmp_path)
+    wait_for_rows(run, 3, proc)
+    last = 0
+    for _ in range(6):
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.kill()
+        proc.wait()
+        checkpoints = list_checkpoints(run / "checkpoints")
+        _, meta = read_checkpoint(checkpoints[-1])  # loads: not damaged
+        assert meta["step"] >= last
+        last = meta["step"]
+        if last >= 400:
+            break
+        proc = start(["--resume", run, "--no-progress"], tmp_path)
+        time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    final = start(["--resume", run, "--no-progress"], tmp_path)
+    _, err = final.communicate(timeout=300)
+    assert final.returncode in (0, 2), err
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    assert steps == list(range(1, 401))  # every step logged exactly once, in order
