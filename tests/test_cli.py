@@ -81,8 +81,12 @@ def test_presets_listing_and_show():
     (["train", "--digits", "12"], "not in 0-9"),
     (["train", "--noise", "cauchy"], "choose one of"),
     (["train", "--steps", "3", "--epochs", "2"], "not allowed with"),
-    (["sample", "/no/such/run"], "does not exist"),
     (["train", "--steps", "2", "--data-dir", "/no/such/folder"], "train-images-idx3-ubyte"),
+    (["train", "--steps", "2", "--out", "/etc/hostname/run"], "cannot write to output folder"),
+    (["train", "--resume", "/no/such/run"], "not a run folder"),
+    (["train", "--resume", "/tmp", "--batch-size", "8"], "only --steps, --epochs"),
+    (["sample", "/no/such/run"], "does not exist"),
+    (["sample", "/etc/hostname"], "not a readable safetensors file"),
 ])
 def test_bad_input_is_one_clear_line(args, words, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mnistgan", *args], capture_output=True,
@@ -93,3 +97,26 @@ def test_bad_input_is_one_clear_line(args, words, tmp_path):
     assert words in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_sampling_with_discriminator_weights_is_refused(run_dir):
+    proc = mnistgan("sample", run_dir / "discriminator.safetensors", check=False)
+    assert proc.returncode == 2 and "not a generator" in proc.stderr
+
+
+def test_full_disk_is_found_before_training(tmp_path, mnist_dir):
+    """A file-size limit makes every write past 1 kB fail as on a full disk: the run is refused
+    before training starts, and the half-made folder is removed."""
+    import resource
+    import signal as sig
+
+    def limit():
+        sig.signal(sig.SIGXFSZ, sig.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    proc = subprocess.run([sys.executable, "-m", "mnistgan", "train", "--steps", "2", "--out",
+                           tmp_path / "run"], capture_output=True, text=True, preexec_fn=limit,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write to output folder" in proc.stderr and "free space" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,12 +60,16 @@ class RunFolder:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise UserError(f"output folder {path} already exists and is not empty: "
                             "choose another --out or delete it")
+        made = [p for p in (path, *path.parents) if not p.exists()]
         try:
             (path / "samples").mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"
-            probe.write_bytes(b"0" * 65536)
+            with probe.open("wb") as f:  # a disk with no room fails here, not hours later
+                f.write(b"0" * 65536)
             probe.unlink()
         except OSError as exc:
+            for folder in made:  # leave nothing half-made behind
+                shutil.rmtree(folder, ignore_errors=True)
             raise UserError(f"cannot write to output folder {path} ({exc.strerror}): "
                             "choose a writable --out with free space") from None
         run = cls(path, tensorboard)
