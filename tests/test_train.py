@@ -114,3 +114,33 @@ def test_refuses_to_overwrite_a_run(tmp_path, mnist_dir):
     with pytest.raises(UserError, match="already exists"):
         train(tiny("seed-002"), out=tmp_path / "r", progress=False)
     assert (tmp_path / "r" / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("loss", ["bce", "minimax", "hinge", "lsgan", "wgan-gp"])
+def test_every_loss_trains_with_finite_values_and_moves_the_weights(loss, tmp_path, mnist_dir):
+    config = tiny("seed-001", steps=3, extra=[f"train.loss={loss}", "train.instance_noise=0.1"])
+    run = train(config, out=tmp_path / loss, progress=False).run_dir
+    rows = read_metrics(run / "metrics.jsonl")
+    assert all(math.isfinite(r["d_loss"]) and math.isfinite(r["g_loss"]) for r in rows)
+    torch.manual_seed(config.train.seed)
+    initial = build_generator(config).state_dict()
+    trained = load_file(run / "generator.safetensors")
+    assert not torch.equal(initial["net.0.weight"], trained["net.0.weight"])
+
+
+def test_losses_have_their_textbook_values():
+    from mnistgan.losses import build_loss
+
+    logits = torch.tensor([2.0, -1.0])
+    assert build_loss("hinge").discriminator(logits, 1.0) == pytest.approx((0 + 2) / 2)
+    assert build_loss("hinge").discriminator(logits, 0.0) == pytest.approx((3 + 0) / 2)
+    assert build_loss("lsgan").discriminator(logits, 1.0) == pytest.approx(0.5 * (1 + 4) / 2)
+    assert build_loss("wgan-gp").discriminator(logits, 1.0) == pytest.approx(-0.5)
+    assert build_loss("minimax").generator(logits) == pytest.approx(
+        -torch.nn.functional.softplus(logits).mean().item())
+    # The gradient penalty is zero for a critic whose gradient has norm 1 everywhere.
+    D = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 1, bias=False))
+    with torch.no_grad():
+        D[1].weight.fill_(1 / 28)
+    x = torch.rand(4, 1, 28, 28)
+    assert build_loss("wgan-gp").penalty(D, x, x.flip(0)).item() == pytest.approx(0, abs=1e-6)

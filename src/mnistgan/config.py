@@ -149,7 +149,10 @@ class TrainConfig:
     decay: float = 0.0
     lr_milestones: list[int] = field(default_factory=list)  # steps where lr *= lr_gamma
     lr_gamma: float = 0.1
-    loss: Literal["bce"] = "bce"
+    # "bce": the tutorials' (binary cross-entropy; G non-saturating); "minimax": Goodfellow's
+    # saturating G loss; "hinge"; "lsgan" (least squares); "wgan-gp" (critic + gradient penalty).
+    loss: Literal["bce", "minimax", "hinge", "lsgan", "wgan-gp"] = "bce"
+    instance_noise: float = 0.0  # std of Gaussian noise added to every image D sees
     d_steps: int = 1  # D updates per G update
     label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - this
     # "half": batch_size/2 real + batch_size/2 fake (texts 000, 001); "full": batch_size each.
@@ -399,6 +402,7 @@ def check_values(c: Config) -> None:
     need(t.adam_eps > 0, "train.adam_eps must be greater than 0")
     need(t.decay >= 0, "train.decay must be 0 or more")
     need(0 < t.lr_gamma <= 1, "train.lr_gamma must be in (0, 1]")
+    need(t.instance_noise >= 0, "train.instance_noise must be 0 or more")
     need(t.d_steps >= 1, f"train.d_steps = {t.d_steps} must be at least 1")
     need(
         0 <= t.label_smoothing < 0.5,

@@ -1,42 +1,98 @@
-"""Adversarial losses on the discriminator's logit (one per image).
+"""Adversarial losses on the discriminator's output: one logit (or critic score) per image.
 
-Each loss answers two questions: how D is penalised for its verdict on a batch whose target is
-"real" (1) or "fake" (0), possibly smoothed, and how G is penalised for D's verdict on its fakes.
+Each loss says how D is penalised for its verdict on a batch whose target is "real" (1,
+or 1 - smoothing) or "fake" (0), and how G is penalised for D's verdict on its fakes. A
+target may be a tensor (a mixed batch of real and fake images, as in text 004).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
-class Loss(Protocol):
-    def discriminator(self, logits: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
-        ...
-
-    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        ...
+def _target(logits: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
+    if isinstance(target, torch.Tensor):
+        return target
+    return torch.full_like(logits, float(target))
 
 
 class BinaryCrossEntropy:
-    """The tutorials' loss: D is a binary classifier (binary or 2-way categorical
+    """The tutorials' loss. D is a binary classifier (binary or 2-way categorical
     cross-entropy, the same thing on one logit); G is trained through the stacked model with
-    "real" labels, i.e. it minimises -log D(G(z)) (the non-saturating form of Goodfellow's
-    minimax game, which is what `gan.train_on_batch(noise, ones)` computes)."""
+    "real" labels, i.e. it minimises -log D(G(z)): the non-saturating form of Goodfellow's
+    game, which is what `gan.train_on_batch(noise, ones)` computes."""
 
     def discriminator(self, logits: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
-        if not isinstance(target, torch.Tensor):
-            target = torch.full_like(logits, float(target))
-        return F.binary_cross_entropy_with_logits(logits, target)
+        return F.binary_cross_entropy_with_logits(logits, _target(logits, target))
 
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-LOSSES: dict[str, type] = {"bce": BinaryCrossEntropy}
+class Minimax(BinaryCrossEntropy):
+    """Goodfellow et al.'s original (saturating) generator loss: G minimises
+    log(1 - D(G(z))), whose gradient vanishes while D rejects the fakes confidently."""
+
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return -F.softplus(fake_logits).mean()  # log(1 - sigmoid(l)) = -softplus(l)
 
 
-def build_loss(name: str) -> Loss:
+class Hinge:
+    """Hinge loss (Lim & Ye; Miyato et al.): D wants scores >= 1 on real, <= -1 on fake."""
+
+    def discriminator(self, logits: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
+        sign = torch.where(_target(logits, target) > 0.5, 1.0, -1.0)
+        return F.relu(1.0 - sign * logits).mean()
+
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return -fake_logits.mean()
+
+
+class LeastSquares:
+    """LSGAN (Mao et al.): D regresses real to its target (1, or 1 - smoothing) and fake to 0;
+    G pulls its fakes' scores to 1."""
+
+    def discriminator(self, logits: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
+        return 0.5 * (logits - _target(logits, target)).pow(2).mean()
+
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (fake_logits - 1.0).pow(2).mean()
+
+
+class WassersteinGP:
+    """WGAN-GP (Gulrajani et al.): D is a critic maximising score(real) - score(fake), with a
+    penalty lambda * (|grad D(x_hat)| - 1)^2 on points x_hat between a real and a fake image,
+    the interpolation weight drawn uniformly per image."""
+
+    def __init__(self, weight: float = 10.0) -> None:
+        self.weight = weight
+
+    def discriminator(self, logits: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
+        sign = torch.where(_target(logits, target) > 0.5, -1.0, 1.0)
+        return (sign * logits).mean()
+
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return -fake_logits.mean()
+
+    def penalty(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        n = min(len(real), len(fake))
+        eps = torch.rand(n, 1, 1, 1, device=real.device, generator=generator)
+        x_hat = (eps * real[:n] + (1 - eps) * fake[:n]).requires_grad_(True)
+        (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
+        return self.weight * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+LOSSES: dict[str, type] = {
+    "bce": BinaryCrossEntropy,
+    "minimax": Minimax,
+    "hinge": Hinge,
+    "lsgan": LeastSquares,
+    "wgan-gp": WassersteinGP,
+}
+
+
+def build_loss(name: str) -> BinaryCrossEntropy | Hinge | LeastSquares | WassersteinGP:
     return LOSSES[name]()

@@ -17,7 +17,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,12 +126,20 @@ class GAN:
 
     # -- the two updates -----------------------------------------------------------------
 
-    def update_discriminator(self, images: torch.Tensor, target: float | torch.Tensor
+    def judge(self, images: torch.Tensor) -> torch.Tensor:
+        """D's logits, with instance noise on its input when configured."""
+        sigma = self.config.train.instance_noise
+        return self.D(images + sigma * torch.randn_like(images) if sigma else images)
+
+    def update_discriminator(self, images: torch.Tensor, target: float | torch.Tensor,
+                             penalty: Callable[[], torch.Tensor] | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step of D on a batch (Keras: discriminator.train_on_batch)."""
         self.D.train()
-        logits = self.D(images)
+        logits = self.judge(images)
         loss = self.loss.discriminator(logits, target)
+        if penalty is not None:
+            loss = loss + penalty()
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self._set_lr(self.opt_d, self.config.train.d_lr, self.d_updates)
@@ -148,14 +156,18 @@ class GAN:
         real = self.real_batch(n)
         z = self.noise(n)
         fake = self.generate_for_d(z)
+        penalty = None
+        if hasattr(self.loss, "penalty"):  # WGAN-GP: needs real and fake in one update
+            def penalty() -> torch.Tensor:
+                return self.loss.penalty(self.D, real, fake, self.noise_rng)
         if t.d_update == "separate":
             loss_real, logits_real = self.update_discriminator(real, real_target)
-            loss_fake, logits_fake = self.update_discriminator(fake, 0.0)
+            loss_fake, logits_fake = self.update_discriminator(fake, 0.0, penalty)
             d_loss = (loss_real + loss_fake) / 2
         else:
             targets = torch.cat([torch.full((n,), real_target, device=self.device),
                                  torch.zeros(n, device=self.device)])
-            d_loss, logits = self.update_discriminator(torch.cat([real, fake]), targets)
+            d_loss, logits = self.update_discriminator(torch.cat([real, fake]), targets, penalty)
             logits_real, logits_fake = logits[:n], logits[n:]
         p_real, p_fake = torch.sigmoid(logits_real), torch.sigmoid(logits_fake)
         stats = torch.stack([d_loss, p_real.mean(), p_fake.mean(),
@@ -169,7 +181,7 @@ class GAN:
         self.G.train()
         self.D.train()
         self.D.requires_grad_(False)
-        loss = self.loss.generator(self.D(self.G(z)))
+        loss = self.loss.generator(self.judge(self.G(z)))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._set_lr(self.opt_g, self.config.train.g_lr, self.g_updates)
