@@ -144,3 +144,12 @@ def test_losses_have_their_textbook_values():
         D[1].weight.fill_(1 / 28)
     x = torch.rand(4, 1, 28, 28)
     assert build_loss("wgan-gp").penalty(D, x, x.flip(0)).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_bf16_autocast_trains(tmp_path, mnist_dir):
+    config = tiny("seed-000", steps=2, extra=["train.precision=bf16"])
+    run = train(config, out=tmp_path / "bf16", progress=False).run_dir
+    rows = read_metrics(run / "metrics.jsonl")
+    assert all(math.isfinite(r["g_loss"]) for r in rows)
+    assert all(v.dtype == torch.float32 for v in load_file(run / "generator.safetensors").values()
+               if v.is_floating_point())

@@ -55,6 +55,7 @@ NAMED = {
     "dataset": ("data.dataset", str, "mnist, fashion-mnist or kmnist"),
     "device": ("train.device", str, "cpu, cuda, mps or auto"),
     "threads": ("train.threads", positive_int, "CPU threads for PyTorch"),
+    "precision": ("train.precision", str, "fp32 or bf16 (bfloat16 autocast)"),
     "log_every": ("train.log_every", positive_int, "steps between metric rows"),
     "sample_every": ("train.sample_every", positive_int, "steps between sample grids"),
 }

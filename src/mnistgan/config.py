@@ -172,6 +172,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: PyTorch's default
     device: Literal["cpu", "cuda", "mps", "auto"] = "cpu"
+    # "bf16": bfloat16 autocast for the networks' matmuls and convolutions (weights, optimiser
+    # state and losses stay float32).
+    precision: Literal["fp32", "bf16"] = "fp32"
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 1000  # steps between resumable checkpoints (and at the end)

@@ -110,8 +110,8 @@ class GAN:
         fakes = "predict" G runs in inference mode, exactly as Keras's generator.predict()."""
         predict = self.config.train.fakes == "predict"
         self.G.train(not predict)
-        with torch.no_grad():
-            fake = self.G(z)
+        with torch.no_grad(), self.autocast():
+            fake = self.G(z).float()
         self.G.train()
         return fake
 
@@ -126,10 +126,16 @@ class GAN:
 
     # -- the two updates -----------------------------------------------------------------
 
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.train.precision == "bf16")
+
     def judge(self, images: torch.Tensor) -> torch.Tensor:
-        """D's logits, with instance noise on its input when configured."""
+        """D's logits (float32), with instance noise on its input when configured."""
         sigma = self.config.train.instance_noise
-        return self.D(images + sigma * torch.randn_like(images) if sigma else images)
+        with self.autocast():
+            logits = self.D(images + sigma * torch.randn_like(images) if sigma else images)
+        return logits.float()
 
     def update_discriminator(self, images: torch.Tensor, target: float | torch.Tensor,
                              penalty: Callable[[], torch.Tensor] | None = None
@@ -181,7 +187,9 @@ class GAN:
         self.G.train()
         self.D.train()
         self.D.requires_grad_(False)
-        loss = self.loss.generator(self.judge(self.G(z)))
+        with self.autocast():
+            fake = self.G(z)
+        loss = self.loss.generator(self.judge(fake.float()))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._set_lr(self.opt_g, self.config.train.g_lr, self.g_updates)
