@@ -257,18 +257,24 @@ def train(
 ) -> TrainResult:
     """Train `config` and write a run folder (default: runs/NAME-TIMESTAMP). The Python
     equivalent of `mnistgan train`."""
-    t = config.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
-    data = ImageBank.load(config.data.dataset, "train", data_dir, config.data.digits,
-                          config.data.value_range)
-    steps = total_steps(config, len(data))
+    device, data, steps = _prepare(config, data_dir)
     run = RunFolder.create(out or default_run_path(config), config, tensorboard)
+    t = config.train
     run.note(f"preset {config.name}: {steps} steps at batch {t.batch_size} on {len(data)} "
              f"images, device {device}, {torch.get_num_threads()} threads, seed {t.seed}")
     gan = GAN(config, data, device)
     return Loop(gan, run, steps, progress).run()
+
+
+def _prepare(config: Config, data_dir: str | Path | None) -> tuple[torch.device, ImageBank, int]:
+    """Threads, device, the training images and the run's length: checked before any file
+    is written or any training time spent."""
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    data = ImageBank.load(config.data.dataset, "train", data_dir, config.data.digits,
+                          config.data.value_range)
+    return device, data, total_steps(config, len(data))
 
 
 def resume(
@@ -292,13 +298,7 @@ def resume(
         raise UserError(f"{run.path} has no checkpoint to resume from (it stopped before its "
                         "first one): start it again with mnistgan train")
     tensors, meta = read_checkpoint(checkpoints[-1])
-    t = config.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
-    data = ImageBank.load(config.data.dataset, "train", data_dir, config.data.digits,
-                          config.data.value_range)
-    total = total_steps(config, len(data))
+    device, data, total = _prepare(config, data_dir)
     if meta["step"] >= total:
         raise UserError(f"{run.path} is already at step {meta['step']} of {total}: "
                         f"give a larger total, e.g. --steps {2 * meta['step']}")
