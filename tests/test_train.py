@@ -153,3 +153,14 @@ def test_bf16_autocast_trains(tmp_path, mnist_dir):
     assert all(math.isfinite(r["g_loss"]) for r in rows)
     assert all(v.dtype == torch.float32 for v in load_file(run / "generator.safetensors").values()
                if v.is_floating_point())
+
+
+def test_time_budget_stops_cleanly(tmp_path, mnist_dir):
+    config = tiny("seed-002", steps=1_000_000, extra=["train.max_minutes=0.02",
+                                                      "train.log_every=1000"])
+    result = train(config, out=tmp_path / "r", progress=False)
+    assert 0 < result.steps < 1_000_000
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert rows[-1]["step"] == result.steps  # the last step is logged and saved
+    assert (result.run_dir / "generator.safetensors").is_file()
+    assert "time budget" in (result.run_dir / "log.txt").read_text()

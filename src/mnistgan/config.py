@@ -139,6 +139,7 @@ class TrainConfig:
     # training images at `batch_size` images per step (60,000 / 32 = 1,875 steps an epoch).
     steps: int = 0
     epochs: float = 0.0
+    max_minutes: float = 0.0  # also stop (cleanly, with a checkpoint) after this much wall time
     batch_size: int = 32
     d_lr: float = 2e-4
     g_lr: float = 2e-4
@@ -391,6 +392,7 @@ def check_values(c: Config) -> None:
 
     need(t.steps >= 0, f"train.steps = {t.steps} must be positive: e.g. --steps 1000")
     need(t.epochs >= 0, f"train.epochs = {t.epochs} must be positive: e.g. --epochs 5")
+    need(t.max_minutes >= 0, f"train.max_minutes = {t.max_minutes} must be 0 (no limit) or more")
     need(t.batch_size >= 1, f"train.batch_size = {t.batch_size} must be at least 1")
     need(t.d_batch == "full" or t.batch_size >= 2, "train.d_batch = 'half' needs batch_size >= 2")
     for name in ("d_lr", "g_lr"):

@@ -365,6 +365,9 @@ class Loop:
         while gan.step < self.steps:
             sums += gan.train_step()
             since_log += 1
+            if t.max_minutes and time.perf_counter() - t0 >= 60 * t.max_minutes:
+                self.folder.note(f"time budget of {t.max_minutes:g} min reached at step {gan.step}")
+                self.steps = gan.step  # this step is the last: log, checkpoint, finish
             if gan.step % t.sample_every == 0 and gan.step != self.steps:
                 extra["diversity"] = round(self.sample_grid()[1], 4)
             if gan.step % t.log_every == 0 or gan.step == self.steps:
