@@ -105,6 +105,7 @@ class Snapshot:
 
     metric_sums: torch.Tensor
     since_log: int
+    best_fid: float | None = None
 
 
 def _sha256(data: bytes) -> str:
@@ -150,7 +151,7 @@ def save_checkpoint(gan: Any, snapshot: Snapshot, folder: Path, keep: int, wall_
     meta = {
         "format": STATE_FORMAT,
         "step": gan.step, "d_updates": gan.d_updates, "g_updates": gan.g_updates,
-        "since_log": snapshot.since_log, "wall_s": wall_s,
+        "since_log": snapshot.since_log, "wall_s": wall_s, "best_fid": snapshot.best_fid,
         "opt_g": meta_g, "opt_d": meta_d,
         "rng_python": _jsonable(random.getstate()),
         "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -226,7 +227,8 @@ def restore(gan: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any], so
         random.setstate(_tupled(meta["rng_python"]))
         kind, keys, *rest = meta["rng_numpy"]
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-        return Snapshot(tensors["loop.metric_sums"].to(gan.device), int(meta["since_log"]))
+        return Snapshot(tensors["loop.metric_sums"].to(gan.device), int(meta["since_log"]),
+                        meta.get("best_fid"))
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise UserError(f"checkpoint {source} does not fit this run ({exc}): "
                         "resume with the run folder it was written in") from None

@@ -95,6 +95,24 @@ def build_parser() -> Parser:
     p.add_argument("--noise", help="latent distribution, if not the one trained with")
     p.add_argument("--nrow", type=positive_int, help="images per grid row")
 
+    p = sub.add_parser("evaluate", help="sample-quality metrics with the real-data floor")
+    p.add_argument("source", help="run folder, generator .safetensors, or an (N, 28, 28) uint8 .npy")
+    p.add_argument("--n", type=positive_int, default=10000, help="samples to draw (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--digits", help="reference digits (default: the run's, or all for .npy)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files")
+
+    p = sub.add_parser("classifier", help="the reference MNIST classifier behind the metrics")
+    csub = p.add_subparsers(dest="classifier_command", required=True, parser_class=Parser)
+    c = csub.add_parser("train", help="train it from the MNIST training set")
+    c.add_argument("--out", type=Path, default=Path("classifier.safetensors"),
+                   help="weights file to write (default classifier.safetensors)")
+    c.add_argument("--epochs", type=positive_int, default=6)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--data-dir", help="folder with the MNIST IDX files")
+    c.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("presets", help="list the presets, or show one")
     p.add_argument("--show", metavar="NAME", help="print this preset's resolved config")
     return parser
@@ -156,6 +174,58 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_images(source: str, n: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """Images to evaluate and the digits the source was trained on."""
+    if source.endswith(".npy"):
+        try:
+            images = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {source} as a .npy array ({exc}): give an (N, 28, 28) "
+                            "uint8 array saved with numpy.save") from None
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise UserError(f"{source} holds a {images.dtype} array of shape {images.shape}: "
+                            "evaluate wants (N, 28, 28) uint8, as `mnistgan sample --npy` writes")
+        return images[:n], []
+    from .generate import load_generator
+
+    gen = load_generator(source)
+    return gen.sample(n, seed=seed), list(gen.config.data.digits)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .metrics import evaluate, format_table
+
+    images, digits = load_images(args.source, args.n, args.seed)
+    if args.digits is not None:
+        try:
+            digits = sorted({int(d) for d in args.digits.split(",")})
+        except ValueError:
+            raise UserError(f"--digits {args.digits}: give digits like 5 or 3,5,8") from None
+        if any(not 0 <= d <= 9 for d in digits):
+            raise UserError(f"--digits {args.digits}: digits must be in 0-9")
+    result = evaluate(torch.from_numpy(images), digits, args.data_dir)
+    result["source"] = args.source
+    print(format_table(result))
+    if args.json is not None:
+        atomic_write(args.json, json.dumps(result, indent=2).encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_classifier(args: argparse.Namespace) -> int:
+    from .metrics.classifier import train_classifier
+
+    result = train_classifier(args.out, data_dir=args.data_dir, epochs=args.epochs,
+                              seed=args.seed, progress=not args.no_progress)
+    print(f"wrote {args.out}: test accuracy {100 * result['test_accuracy']:.2f}% "
+          f"({result['seconds']:.0f} s)")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.show:
         print(load_config(args.show).to_json())
@@ -168,7 +238,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets}[args.command]
+    handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets,
+               "classifier": cmd_classifier, "evaluate": cmd_evaluate}[args.command]
     try:
         return handler(args)
     except UserError as exc:

@@ -178,6 +178,10 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     log_every: int = 50
     sample_every: int = 500
+    # Sample-quality evaluation (FID etc. against the test set) every N steps; 0: off. The
+    # run keeps the generator with the best FID as generator_best.safetensors.
+    eval_every: int = 0
+    eval_samples: int = 2000
     checkpoint_every: int = 1000  # steps between resumable checkpoints (and at the end)
     keep_checkpoints: int = 3
     grid_size: int = 100  # samples in each progress grid (a square number reads best)
@@ -421,6 +425,8 @@ def check_values(c: Config) -> None:
     need(t.threads >= 0, "train.threads must be 0 (automatic) or more")
     need(t.log_every >= 1, "train.log_every must be at least 1")
     need(t.sample_every >= 1, "train.sample_every must be at least 1")
+    need(t.eval_every >= 0, "train.eval_every must be 0 (off) or more")
+    need(t.eval_samples >= 100, "train.eval_samples must be at least 100")
     need(t.checkpoint_every >= 1, "train.checkpoint_every must be at least 1")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1")
     need(t.grid_size >= 1, "train.grid_size must be at least 1")

@@ -8,6 +8,7 @@
     RUN/losses.png             loss and D-accuracy curves
     RUN/real_vs_fake.png       real digits beside generated ones
     RUN/generator.safetensors, RUN/discriminator.safetensors   weights with their config
+    RUN/generator_best.safetensors   the generator with the best FID (when evaluation is on)
     RUN/checkpoints/step_*/    resumable training state (see checkpoint.py)
 """
 
@@ -49,6 +50,7 @@ class RunFolder:
         self.comparison = path / "real_vs_fake.png"
         self.generator = path / "generator.safetensors"
         self.discriminator = path / "discriminator.safetensors"
+        self.generator_best = path / "generator_best.safetensors"
         self.checkpoints = path / "checkpoints"
         self._tb = _tensorboard_writer(path / "tensorboard") if tensorboard else None
 

@@ -263,7 +263,7 @@ def train(
     run.note(f"preset {config.name}: {steps} steps at batch {t.batch_size} on {len(data)} "
              f"images, device {device}, {torch.get_num_threads()} threads, seed {t.seed}")
     gan = GAN(config, data, device)
-    return Loop(gan, run, steps, progress).run()
+    return Loop(gan, run, steps, progress, data_dir=data_dir).run()
 
 
 def _prepare(config: Config, data_dir: str | Path | None) -> tuple[torch.device, ImageBank, int]:
@@ -306,7 +306,8 @@ def resume(
     snapshot = restore(gan, tensors, meta, str(checkpoints[-1]))
     run.rewind(gan.step, config)
     run.note(f"resumed from {checkpoints[-1].name}: step {gan.step} of {total}")
-    return Loop(gan, run, total, progress, snapshot, float(meta.get("wall_s", 0.0))).run()
+    return Loop(gan, run, total, progress, snapshot, float(meta.get("wall_s", 0.0)),
+                data_dir).run()
 
 
 class Loop:
@@ -314,10 +315,12 @@ class Loop:
     sample grids, health findings, and the weights at the end (or the last good ones)."""
 
     def __init__(self, gan: GAN, run: RunFolder, steps: int, progress: bool,
-                 snapshot: Snapshot | None = None, wall_before: float = 0.0) -> None:
+                 snapshot: Snapshot | None = None, wall_before: float = 0.0,
+                 data_dir: str | Path | None = None) -> None:
         self.gan, self.folder, self.steps = gan, run, steps
         self.snapshot = snapshot or Snapshot(torch.zeros(len(STATS), device=gan.device), 0)
         self.wall_before = wall_before
+        self.data_dir = data_dir
         self.signal: int | None = None
         config = gan.config
         t = config.train
@@ -370,6 +373,8 @@ class Loop:
                 self.steps = gan.step  # this step is the last: log, checkpoint, finish
             if gan.step % t.sample_every == 0 and gan.step != self.steps:
                 extra["diversity"] = round(self.sample_grid()[1], 4)
+            if t.eval_every and (gan.step % t.eval_every == 0 or gan.step == self.steps):
+                extra |= self.evaluate()
             if gan.step % t.log_every == 0 or gan.step == self.steps:
                 now = time.perf_counter()
                 row = self.log_row(sums / since_log, since_log, now - t_log, now - t0, extra)
@@ -395,8 +400,28 @@ class Loop:
 
     def checkpoint(self, sums: torch.Tensor, since_log: int, wall: float) -> Path:
         t = self.gan.config.train
-        return save_checkpoint(self.gan, Snapshot(sums, since_log), self.folder.checkpoints,
-                               t.keep_checkpoints, wall_s=wall)
+        snapshot = Snapshot(sums, since_log, self.snapshot.best_fid)
+        return save_checkpoint(self.gan, snapshot, self.folder.checkpoints, t.keep_checkpoints,
+                               wall_s=wall)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Sample-quality metrics of `eval_samples` images from one fixed noise batch; keeps
+        the generator with the best FID so far."""
+        from .metrics import evaluate_images
+
+        gan, config = self.gan, self.gan.config
+        t = config.train
+        z = sample_noise(config.noise, t.eval_samples,
+                         torch.Generator(gan.device).manual_seed(t.seed + 4), gan.device)
+        images = torch.cat([gan.sample(chunk) for chunk in z.split(1000)])
+        u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)
+        scores = evaluate_images(u8, digits=config.data.digits, data_dir=self.data_dir)
+        fid = scores["fid"]
+        if self.snapshot.best_fid is None or fid < self.snapshot.best_fid:
+            self.snapshot.best_fid = fid
+            save_weights(gan.G, self.folder.generator_best, config, "generator")
+            self.folder.note(f"best FID so far at step {gan.step}: {fid:.3f}")
+        return {k: round(v, 5) for k, v in scores.items()}
 
     @contextmanager
     def signals(self) -> Iterator[None]:

@@ -1,0 +1,191 @@
+"""Sample-quality metrics, computed one way for the CLI, for training and for the benchmarks.
+
+Every metric works in the reference classifier's space (TF-GAN's "MNIST score" and "MNIST
+Fréchet distance" practice): its embedding for distances, its class probabilities for the
+class statistics. `METRICS` is the registry; `evaluate` computes all of them for generated
+images and, as the floor, for held-out real images against the same reference.
+
+The reference for a run trained on a digit subset is that subset: the MNIST test images of
+those digits for FID/KID/precision/recall, and the training images of those digits for the
+memorisation check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from ..atomic import atomic_write
+from ..data import default_cache_dir
+from . import scores
+from .classifier import SHIPPED_SHA256, load_classifier
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    features: torch.Tensor  # (N, D) classifier embedding
+    probs: torch.Tensor  # (N, 10) class probabilities
+
+    @classmethod
+    def of(cls, images_u8: torch.Tensor) -> FeatureSet:
+        feats, logits = load_classifier().features_and_logits_all(images_u8)
+        return cls(feats, logits.softmax(1))
+
+
+@dataclass(frozen=True)
+class Reference:
+    digits: tuple[int, ...]  # the classes a sample set should cover
+    test: FeatureSet  # what samples are compared with
+    train_bank: torch.Tensor  # training-image features, for memorisation
+    heldout: torch.Tensor  # uint8 training images not in the bank: the real-data floor
+    memorised_below: float  # nearest-training-image distance of the closest 1 % of real
+
+
+def reference(digits: Sequence[int] = (), data_dir: str | Path | None = None) -> Reference:
+    """The reference for samples of `digits` (all ten when empty)."""
+    return _reference(tuple(sorted(digits)) or tuple(range(10)),
+                      str(data_dir) if data_dir is not None else None)
+
+
+@lru_cache(maxsize=4)
+def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
+    from ..data import load_split
+
+    test_x, test_y = load_split("mnist", "test", data_dir)
+    train_x, train_y = load_split("mnist", "train", data_dir)
+    test_x = test_x[torch.isin(test_y, torch.tensor(digits))]
+    train_x = train_x[torch.isin(train_y, torch.tensor(digits))]
+    # The last sixth of the training images (10,000 of all 60,000) are held out as the floor.
+    n_held = len(train_x) // 6
+    heldout = train_x[-n_held:]
+    # Embedding ~70,000 images takes minutes on a laptop CPU: the features are cached on disk,
+    # keyed by the classifier's weights (the MNIST files are checksummed on every load).
+    cache = default_cache_dir() / "reference" / (
+        f"{SHIPPED_SHA256[:16]}-{''.join(map(str, digits))}.safetensors")
+    try:
+        saved = load_file(cache)
+    except (OSError, SafetensorError):
+        test = FeatureSet.of(test_x)
+        bank = FeatureSet.of(train_x[:-n_held]).features
+        threshold = torch.tensor(scores.memorisation_threshold(FeatureSet.of(heldout).features, bank))
+        saved = {"test_features": test.features, "test_probs": test.probs, "bank": bank,
+                 "threshold": threshold}
+        with contextlib.suppress(OSError):  # a read-only cache costs only the time, next run
+            atomic_write(cache, save(saved))
+    return Reference(digits, FeatureSet(saved["test_features"], saved["test_probs"]),
+                     saved["bank"], heldout, float(saved["threshold"]))
+
+
+def _classes(gen: FeatureSet, ref: Reference) -> dict[str, float]:
+    counts = scores.class_histogram(gen.probs)
+    share = counts.double() / counts.sum()
+    expected = 1 / len(ref.digits)
+    wanted = list(ref.digits)
+    return {
+        "class_entropy": scores.entropy(counts[wanted]),
+        "missing_digits": float((counts[wanted] == 0).sum()),
+        "rare_digits": float(((share[wanted] < 0.25 * expected) & (counts[wanted] > 0)).sum()),
+    }
+
+
+def _kid(gen: FeatureSet, ref: Reference) -> dict[str, float]:
+    mean, std = scores.kid(gen.features, ref.test.features)
+    return {"kid": mean, "kid_std": std}
+
+
+def _pr(gen: FeatureSet, ref: Reference) -> dict[str, float]:
+    precision, recall = scores.precision_recall(ref.test.features, gen.features)
+    return {"precision": precision, "recall": recall}
+
+
+def _cs(gen: FeatureSet, ref: Reference) -> dict[str, float]:
+    mean, std = scores.classifier_score(gen.probs)
+    return {"classifier_score": mean, "classifier_score_std": std}
+
+
+Metric = Callable[[FeatureSet, Reference], dict[str, float]]
+METRICS: dict[str, Metric] = {
+    "fid": lambda gen, ref: {"fid": scores.fid(gen.features, ref.test.features)},
+    "kid": _kid,
+    "precision_recall": _pr,
+    "classifier_score": _cs,
+    "classes": _classes,
+    "memorisation": lambda gen, ref: {
+        "memorised": scores.memorised_share(gen.features, ref.train_bank, ref.memorised_below)},
+}
+
+
+def compute(images_u8: torch.Tensor, ref: Reference,
+            names: Sequence[str] | None = None) -> dict[str, float]:
+    """The named metrics (all by default) of uint8 images (N, 28, 28) against `ref`."""
+    gen = FeatureSet.of(images_u8)
+    out: dict[str, float] = {}
+    for name in names or METRICS:
+        out |= METRICS[name](gen, ref)
+    return out
+
+
+def evaluate_images(images_u8: torch.Tensor, digits: Sequence[int] = (),
+                    data_dir: str | Path | None = None,
+                    names: Sequence[str] | None = None) -> dict[str, float]:
+    """Metrics of generated images only (what training logs)."""
+    return compute(images_u8, reference(digits, data_dir), names)
+
+
+def evaluate(images_u8: torch.Tensor, digits: Sequence[int] = (),
+             data_dir: str | Path | None = None) -> dict:
+    """Every metric for the generated images and, as the floor, for as many held-out real
+    images (at most all of them), plus the class histogram of the generated images."""
+    ref = reference(digits, data_dir)
+    n_real = min(len(images_u8), len(ref.heldout))
+    counts = scores.class_histogram(FeatureSet.of(images_u8).probs)
+    return {
+        "samples": len(images_u8),
+        "real_samples": n_real,
+        "digits": list(ref.digits),
+        "generated": compute(images_u8, ref),
+        "real": compute(ref.heldout[:n_real], ref),
+        "histogram": counts.tolist(),
+    }
+
+
+ROWS = [
+    ("FID (classifier features) ↓", "fid", None),
+    ("KID ↓", "kid", "kid_std"),
+    ("classifier score ↑", "classifier_score", "classifier_score_std"),
+    ("precision ↑", "precision", None),
+    ("recall ↑", "recall", None),
+    ("class entropy (nats) ↑", "class_entropy", None),
+    ("missing digits ↓", "missing_digits", None),
+    ("rare digits ↓", "rare_digits", None),
+    ("memorised share ↓", "memorised", None),
+]
+
+
+def format_table(result: dict) -> str:
+    """One table: metric | generated | real (floor); then the class histogram."""
+    def cell(values: dict[str, float], key: str, std: str | None) -> str:
+        text = f"{values[key]:.4f}" if abs(values[key]) < 100 else f"{values[key]:.1f}"
+        return f"{text} ± {values[std]:.4f}" if std else text
+
+    gen, real = result["generated"], result["real"]
+    head = (f"{'metric':30s} {'generated (' + str(result['samples']) + ')':>24s} "
+            f"{'real floor (' + str(result['real_samples']) + ')':>24s}")
+    lines = [head, "-" * len(head)]
+    for label, key, std in ROWS:
+        lines.append(f"{label:30s} {cell(gen, key, std):>24s} {cell(real, key, std):>24s}")
+    total = max(sum(result["histogram"]), 1)
+    lines.append("")
+    lines.append("generated digits: " + "  ".join(
+        f"{d}:{100 * result['histogram'][d] / total:.1f}%" for d in result["digits"]))
+    missing = [d for d in result["digits"] if result["histogram"][d] == 0]
+    if missing:
+        lines.append("missing digits (mode dropping): " + ", ".join(map(str, missing)))
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Sample-quality statistics on classifier features and class probabilities.
+
+Pure functions on tensors: no models, no files. Features are the reference classifier's
+embedding (N, D); probabilities are its softmax outputs (N, 10).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def fid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets:
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
+
+    tr((S_a S_b)^(1/2)) is the sum of square roots of the eigenvalues of S_a S_b, which are
+    those of the symmetric S_a^(1/2) S_b S_a^(1/2), hence real and >= 0: computed that way in
+    float64, so no general matrix square root (or SciPy) is needed.
+    """
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(s_a)
+    root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+    value = (mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross
+    return max(float(value), 0.0)
+
+
+def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 50, subset_size: int = 1000,
+        seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al. 2018): the unbiased MMD^2 with the kernel
+    k(x, y) = (x.y / d + 1)^3, averaged over random subsets; returns (mean, std)."""
+    a, b = a.double(), b.double()
+    m = min(subset_size, len(a), len(b))
+    d = a.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=g)[:m]]
+        y = b[torch.randperm(len(b), generator=g)[:m]]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        values.append(float(off - 2 * kxy.mean()))
+    t = torch.tensor(values)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def _knn_radius(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."""
+    radii = []
+    for start in range(0, len(x), chunk):
+        d = torch.cdist(x[start:start + chunk], x)
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # the +1 skips the point itself
+    return torch.cat(radii)
+
+
+def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+             chunk: int = 2048) -> torch.Tensor:
+    """For each point: does it fall inside any centre's k-NN ball?"""
+    out = []
+    for start in range(0, len(points), chunk):
+        d = torch.cdist(points[start:start + chunk], centres)
+        out.append((d <= radii.unsqueeze(0)).any(dim=1))
+    return torch.cat(out)
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): precision is the share of
+    fakes inside the real manifold (the union of k-NN balls around real points); recall the
+    share of real points inside the fake manifold."""
+    real, fake = real.float(), fake.float()
+    precision = _covered(fake, real, _knn_radius(real, k)).float().mean()
+    recall = _covered(real, fake, _knn_radius(fake, k)).float().mean()
+    return float(precision), float(recall)
+
+
+def classifier_score(probs: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """The Inception Score with the MNIST classifier: exp E[KL(p(y|x) || p(y))], mean and std
+    over `splits` parts. 10 for confident, balanced digits; 1 for a single class."""
+    probs = probs.double().clamp_min(1e-12)
+    scores = []
+    for part in probs.chunk(splits):
+        marginal = part.mean(0, keepdim=True)
+        kl = (part * (part.log() - marginal.log())).sum(1).mean()
+        scores.append(math.exp(float(kl)))
+    t = torch.tensor(scores)
+    return float(t.mean()), float(t.std()) if len(scores) > 1 else 0.0
+
+
+def class_histogram(probs: torch.Tensor, n_classes: int = 10) -> torch.Tensor:
+    """How many samples the classifier assigns to each digit."""
+    return torch.bincount(probs.argmax(1), minlength=n_classes)
+
+
+def entropy(counts: torch.Tensor) -> float:
+    """Shannon entropy (nats) of a histogram: log 10 = 2.30 for ten equal classes."""
+    p = counts.double() / counts.sum().clamp_min(1)
+    return float(-(p[p > 0] * p[p > 0].log()).sum())
+
+
+def nearest_distance(points: torch.Tensor, others: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    return torch.cat([torch.cdist(points[s:s + chunk].float(), others.float()).min(1).values
+                      for s in range(0, len(points), chunk)])
+
+
+def memorised_share(fake: torch.Tensor, train: torch.Tensor, threshold: float) -> float:
+    """Share of samples whose nearest training image is closer than `threshold`: the distance
+    below which only 1 % of held-out real images lie from their nearest training image (see
+    `memorisation_threshold`). Held-out real data scores about 0.01 by construction; copies
+    of training images score 1."""
+    return float((nearest_distance(fake, train) < threshold).float().mean())
+
+
+def memorisation_threshold(heldout: torch.Tensor, train: torch.Tensor, quantile: float = 0.01) -> float:
+    return float(torch.quantile(nearest_distance(heldout, train), quantile))
