@@ -164,3 +164,13 @@ def test_time_budget_stops_cleanly(tmp_path, mnist_dir):
     assert rows[-1]["step"] == result.steps  # the last step is logged and saved
     assert (result.run_dir / "generator.safetensors").is_file()
     assert "time budget" in (result.run_dir / "log.txt").read_text()
+
+
+def test_evaluation_during_training_logs_fid_and_keeps_the_best_generator(tmp_path, mnist_dir):
+    config = tiny("seed-002", steps=4, extra=["train.eval_every=2", "train.eval_samples=200"])
+    run = train(config, out=tmp_path / "r", progress=False).run_dir
+    rows = {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}
+    assert "fid" in rows[2] and "fid" in rows[4] and "fid" not in rows[1]
+    assert rows[2]["fid"] > 0 and 0 <= rows[4]["class_entropy"] <= math.log(10) + 1e-9
+    assert (run / "generator_best.safetensors").is_file()
+    assert "best FID" in (run / "log.txt").read_text()
