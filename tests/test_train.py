@@ -174,3 +174,18 @@ def test_evaluation_during_training_logs_fid_and_keeps_the_best_generator(tmp_pa
     assert rows[2]["fid"] > 0 and 0 <= rows[4]["class_entropy"] <= math.log(10) + 1e-9
     assert (run / "generator_best.safetensors").is_file()
     assert "best FID" in (run / "log.txt").read_text()
+
+
+def test_tensorboard_logging_or_a_clear_error(tmp_path, mnist_dir):
+    from mnistgan import UserError
+
+    config = tiny("seed-002", steps=2)
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match=r"pip install 'mnistgan\[tensorboard\]'"):
+            train(config, out=tmp_path / "r", progress=False, tensorboard=True)
+        assert not (tmp_path / "r").exists()
+        return
+    run = train(config, out=tmp_path / "r", progress=False, tensorboard=True).run_dir
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))

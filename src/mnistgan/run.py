@@ -59,6 +59,8 @@ class RunFolder:
         """Make a new run folder, refusing one that already holds files and checking that it
         can be written before any training time is spent."""
         path = Path(path)
+        if tensorboard:
+            _tensorboard_class()  # missing package: say so before anything is written
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise UserError(f"output folder {path} already exists and is not empty: "
                             "choose another --out or delete it")
@@ -147,11 +149,15 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _tensorboard_writer(path: Path) -> Any:
+def _tensorboard_class() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("TensorBoard logging needs the tensorboard package: "
                         "pip install 'mnistgan[tensorboard]'") from None
-    return SummaryWriter(str(path))
+    return SummaryWriter
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    return _tensorboard_class()(str(path))
 
