@@ -141,3 +141,16 @@ def test_kill_9_at_random_moments_never_loses_the_last_checkpoint(tmp_path, mnis
     assert final.returncode in (0, 2), err
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
     assert steps == list(range(1, 401))  # every step logged exactly once, in order
+
+
+def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(tmp_path, mnist_dir):
+    run = tmp_path / "run"
+    proc = start(["--preset", "seed-002", "--steps", "100000", "--out", run, "--log-every", "5",
+                  "--set", "train.checkpoint_every=5", "--no-progress"], tmp_path)
+    wait_for_rows(run, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    read_checkpoint(list_checkpoints(run / "checkpoints")[-1])  # whole, loadable
