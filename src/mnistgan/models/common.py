@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -85,3 +87,19 @@ class Discriminator(nn.Module):
         if self.head_kind == "sigmoid":
             return z.squeeze(1)
         return z[:, self.real_index] - z[:, 1 - self.real_index]
+
+
+def dense_discriminator(trunk: list[nn.Module], features: int, hidden: list[int], act: str,
+                        c: Any) -> Discriminator:
+    """Finish a discriminator: [Dense -> act -> Dropout] per hidden size after `trunk`, then
+    the real-vs-fake head; `c` is the discriminator's config section."""
+    layers = list(trunk)
+    for h in hidden:
+        layers += [maybe_spectral(nn.Linear(features, h), c.spectral_norm),
+                   activation(act, c.slope)]
+        if c.dropout:
+            layers.append(nn.Dropout(c.dropout))
+        features = h
+    net = Discriminator(nn.Sequential(*layers), features, c.head, c.real_index, c.spectral_norm)
+    initialise(net, c.init)
+    return net

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..config import ConvDiscriminatorConfig, ConvGeneratorConfig
-from .common import Discriminator, activation, batch_norm, initialise, maybe_spectral
+from .common import Discriminator, activation, batch_norm, dense_discriminator, initialise, maybe_spectral
 
 
 class ConvGenerator(nn.Module):
@@ -66,13 +66,4 @@ def conv_discriminator(c: ConvDiscriminatorConfig) -> Discriminator:
         width = ch
         size = (size + 2 * (c.kernel // 2) - c.kernel) // c.stride + 1
     layers.append(nn.Flatten())
-    features = width * size * size
-    for h in c.hidden:
-        layers += [maybe_spectral(nn.Linear(features, h), c.spectral_norm),
-                   activation(c.hidden_activation, c.slope)]
-        if c.dropout:
-            layers.append(nn.Dropout(c.dropout))
-        features = h
-    net = Discriminator(nn.Sequential(*layers), features, c.head, c.real_index, c.spectral_norm)
-    initialise(net, c.init)
-    return net
+    return dense_discriminator(layers, width * size * size, c.hidden, c.hidden_activation, c)

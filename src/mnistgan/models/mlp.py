@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import MLPDiscriminatorConfig, MLPGeneratorConfig
-from .common import Discriminator, activation, batch_norm, initialise, maybe_spectral
+from .common import Discriminator, activation, batch_norm, dense_discriminator, initialise
 
 PIXELS = 28 * 28
 
@@ -39,14 +39,4 @@ class MLPGenerator(nn.Module):
 
 def mlp_discriminator(c: MLPDiscriminatorConfig) -> Discriminator:
     """image -> Flatten -> [Dense -> activation -> Dropout] x len(hidden) -> head."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = PIXELS
-    for h in c.hidden:
-        layers += [maybe_spectral(nn.Linear(width, h), c.spectral_norm),
-                   activation(c.activation, c.slope)]
-        if c.dropout:
-            layers.append(nn.Dropout(c.dropout))
-        width = h
-    net = Discriminator(nn.Sequential(*layers), width, c.head, c.real_index, c.spectral_norm)
-    initialise(net, c.init)
-    return net
+    return dense_discriminator([nn.Flatten()], PIXELS, c.hidden, c.activation, c)
