@@ -100,7 +100,7 @@ def class_histogram(probs: torch.Tensor, n_classes: int = 10) -> torch.Tensor:
 def entropy(counts: torch.Tensor) -> float:
     """Shannon entropy (nats) of a histogram: log 10 = 2.30 for ten equal classes."""
     p = counts.double() / counts.sum().clamp_min(1)
-    return float(-(p[p > 0] * p[p > 0].log()).sum())
+    return max(0.0, float(-(p[p > 0] * p[p > 0].log()).sum()))  # no -0.0 for one class
 
 
 def nearest_distance(points: torch.Tensor, others: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
