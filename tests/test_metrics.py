@@ -123,3 +123,23 @@ def test_evaluate_cli_on_npy_writes_json(tmp_path, ref, real):
     proc = subprocess.run([sys.executable, "-m", "mnistgan", "evaluate", bad],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "(N, 28, 28) uint8" in proc.stderr
+
+
+def test_too_few_images_is_a_clear_error(tmp_path, real):
+    npy = tmp_path / "few.npy"
+    np.save(npy, real[:3].numpy())
+    proc = subprocess.run([sys.executable, "-m", "mnistgan", "evaluate", npy],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "too few to measure" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_table_names_rare_and_missing_digits():
+    result = {"samples": 100, "real_samples": 100, "digits": list(range(10)),
+              "histogram": [30, 30, 30, 1, 0, 1, 2, 2, 2, 2],
+              "generated": {k: 0.0 for k in ("fid", "kid", "kid_std", "classifier_score",
+                                              "classifier_score_std", "precision", "recall",
+                                              "class_entropy", "missing_digits", "rare_digits",
+                                              "memorised")}}
+    result["real"] = result["generated"]
+    assert "mode dropping: missing 4; rare 3, 5" in format_table(result)

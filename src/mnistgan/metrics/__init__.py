@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save
 
 from ..atomic import atomic_write
 from ..data import default_cache_dir
+from ..errors import UserError
 from . import scores
 from .classifier import SHIPPED_SHA256, load_classifier
 
@@ -110,6 +111,7 @@ def _cs(gen: FeatureSet, ref: Reference) -> dict[str, float]:
     return {"classifier_score": mean, "classifier_score_std": std}
 
 
+MIN_SAMPLES = 10
 Metric = Callable[[FeatureSet, Reference], dict[str, float]]
 METRICS: dict[str, Metric] = {
     "fid": lambda gen, ref: {"fid": scores.fid(gen.features, ref.test.features)},
@@ -125,6 +127,9 @@ METRICS: dict[str, Metric] = {
 def compute(images_u8: torch.Tensor, ref: Reference,
             names: Sequence[str] | None = None) -> dict[str, float]:
     """The named metrics (all by default) of uint8 images (N, 28, 28) against `ref`."""
+    if len(images_u8) < MIN_SAMPLES:
+        raise UserError(f"{len(images_u8)} images are too few to measure (k-NN and covariance "
+                        f"statistics need at least {MIN_SAMPLES}): use e.g. --n 10000")
     gen = FeatureSet.of(images_u8)
     out: dict[str, float] = {}
     for name in names or METRICS:
@@ -146,11 +151,12 @@ def evaluate(images_u8: torch.Tensor, digits: Sequence[int] = (),
     ref = reference(digits, data_dir)
     n_real = min(len(images_u8), len(ref.heldout))
     counts = scores.class_histogram(FeatureSet.of(images_u8).probs)
+    generated = compute(images_u8, ref)
     return {
         "samples": len(images_u8),
         "real_samples": n_real,
         "digits": list(ref.digits),
-        "generated": compute(images_u8, ref),
+        "generated": generated,
         "real": compute(ref.heldout[:n_real], ref),
         "histogram": counts.tolist(),
     }
@@ -185,7 +191,10 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.append("generated digits: " + "  ".join(
         f"{d}:{100 * result['histogram'][d] / total:.1f}%" for d in result["digits"]))
+    expected = total / len(result["digits"])
     missing = [d for d in result["digits"] if result["histogram"][d] == 0]
-    if missing:
-        lines.append("missing digits (mode dropping): " + ", ".join(map(str, missing)))
+    rare = [d for d in result["digits"] if 0 < result["histogram"][d] < 0.25 * expected]
+    if missing or rare:
+        lines.append("mode dropping: " + "; ".join(
+            f"{what} {', '.join(map(str, ds))}" for what, ds in (("missing", missing), ("rare", rare)) if ds))
     return "\n".join(lines)
