@@ -17,6 +17,7 @@ TINY = {
     "seed-001": ["train.batch_size=16"],
     "seed-002": ["train.batch_size=16"],
     "seed-004": ["train.batch_size=4", "train.pretrain_images=16", "train.pretrain_batch=8"],
+    "best": ["train.batch_size=8", "train.augment=translation,cutout", "train.r1=1.0"],
 }
 
 

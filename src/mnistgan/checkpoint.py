@@ -134,6 +134,8 @@ def save_checkpoint(gan: Any, snapshot: Snapshot, folder: Path, keep: int, wall_
     """Write a checkpoint of `gan` (a train.GAN) at its current step; keep the newest `keep`."""
     tensors = {f"G.{k}": v for k, v in gan.G.state_dict().items()}
     tensors |= {f"D.{k}": v for k, v in gan.D.state_dict().items()}
+    if gan.G_ema is not None:
+        tensors |= {f"G_ema.{k}": v for k, v in gan.G_ema.state_dict().items()}
     opt_g, meta_g = _optimizer_tensors("opt_g", gan.opt_g)
     opt_d, meta_d = _optimizer_tensors("opt_d", gan.opt_d)
     tensors |= opt_g | opt_d
@@ -214,6 +216,8 @@ def restore(gan: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any], so
 
     load_state(gan.G, part("G"), source)
     load_state(gan.D, part("D"), source)
+    if gan.G_ema is not None:
+        load_state(gan.G_ema, part("G_ema"), source)
     try:
         gan.opt_g.load_state_dict(_optimizer_state("opt_g", tensors, meta["opt_g"]))
         gan.opt_d.load_state_dict(_optimizer_state("opt_d", tensors, meta["opt_d"]))

@@ -88,12 +88,17 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("sample", help="generate digits from a run folder or weights file")
     p.add_argument("weights", help="run folder or generator .safetensors file")
-    p.add_argument("--n", type=positive_int, default=64, help="number of images (default 64)")
+    p.add_argument("--n", type=positive_int,
+                   help="number of images (default 64; with --grid-by-class, per row, default 10)")
     p.add_argument("--out", type=Path, help="PNG grid to write (default samples.png)")
     p.add_argument("--npy", type=Path, help="also write an (N, 28, 28) uint8 .npy array")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--noise", help="latent distribution, if not the one trained with")
     p.add_argument("--nrow", type=positive_int, help="images per grid row")
+    p.add_argument("--digit", type=int, choices=range(10), metavar="0-9",
+                   help="only this digit (class-conditional models)")
+    p.add_argument("--grid-by-class", action="store_true",
+                   help="one row per digit, --n per row (class-conditional models; default 10)")
 
     p = sub.add_parser("evaluate", help="sample-quality metrics with the real-data floor")
     p.add_argument("source", help="run folder, generator .safetensors, or an (N, 28, 28) uint8 .npy")
@@ -160,7 +165,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .viz import save_grid
 
     gen = load_generator(args.weights)
-    images = gen.sample(args.n, seed=args.seed, noise=args.noise)
+    nrow = args.nrow
+    if args.grid_by_class:
+        if not gen.classes:
+            raise UserError("--grid-by-class needs a class-conditional generator (this one was "
+                            "trained without labels): train one with --preset best")
+        if args.digit is not None:
+            raise UserError("--grid-by-class shows every digit: leave out --digit")
+        per_row = args.n or 10
+        rows = [gen.sample(per_row, seed=args.seed, noise=args.noise, digit=d) for d in gen.classes]
+        images, nrow = np.concatenate(rows), per_row
+    else:
+        images = gen.sample(args.n or 64, seed=args.seed, noise=args.noise, digit=args.digit)
     written = []
     if args.npy is not None:
         import io
@@ -169,13 +185,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         np.save(buffer, images)
         written.append(atomic_write(args.npy, buffer.getvalue()))
     if args.out is not None or args.npy is None:
-        written.append(save_grid(images, args.out or Path("samples.png"), nrow=args.nrow))
+        written.append(save_grid(images, args.out or Path("samples.png"), nrow=nrow))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
-def load_images(source: str, n: int, seed: int) -> tuple[np.ndarray, list[int]]:
-    """Images to evaluate and the digits the source was trained on."""
+def load_images(source: str, n: int, seed: int) -> tuple[np.ndarray, list[int], np.ndarray | None]:
+    """Images to evaluate, the digits the source was trained on and, for a conditional
+    generator, the digit each image was asked to be."""
     if source.endswith(".npy"):
         try:
             images = np.load(source, allow_pickle=False)
@@ -185,11 +202,13 @@ def load_images(source: str, n: int, seed: int) -> tuple[np.ndarray, list[int]]:
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
             raise UserError(f"{source} holds a {images.dtype} array of shape {images.shape}: "
                             "evaluate wants (N, 28, 28) uint8, as `mnistgan sample --npy` writes")
-        return images[:n], []
+        return images[:n], [], None
     from .generate import load_generator
 
     gen = load_generator(source)
-    return gen.sample(n, seed=seed), list(gen.config.data.digits)
+    labels = gen.labels(n)
+    return (gen.sample(n, seed=seed), list(gen.config.data.digits),
+            None if labels is None else labels.cpu().numpy())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -199,7 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .metrics import evaluate, format_table
 
-    images, digits = load_images(args.source, args.n, args.seed)
+    images, digits, labels = load_images(args.source, args.n, args.seed)
     if args.digits is not None:
         try:
             digits = sorted({int(d) for d in args.digits.split(",")})
@@ -207,7 +226,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UserError(f"--digits {args.digits}: give digits like 5 or 3,5,8") from None
         if any(not 0 <= d <= 9 for d in digits):
             raise UserError(f"--digits {args.digits}: digits must be in 0-9")
-    result = evaluate(torch.from_numpy(images), digits, args.data_dir)
+    result = evaluate(torch.from_numpy(images), digits, args.data_dir,
+                      None if labels is None else torch.from_numpy(labels))
     result["source"] = args.source
     print(format_table(result))
     if args.json is not None:

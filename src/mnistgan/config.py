@@ -40,6 +40,9 @@ class DataConfig:
     # "random": indices drawn with replacement (np.random.randint in the tutorials);
     # "epoch": shuffled passes without replacement.
     sampling: Literal["random", "epoch"] = "random"
+    # Class-conditional: G and D are given each image's digit label (G as a one-hot code
+    # beside the noise, D as `discriminator.conditioning` says), so a user can ask for a digit.
+    conditional: bool = False
 
 
 @dataclass
@@ -75,6 +78,9 @@ class ConvGeneratorConfig:
     channels: list[int] = field(default_factory=lambda: [64, 32])
     kernels: list[int] = field(default_factory=lambda: [5, 5])
     upsample: list[bool] = field(default_factory=lambda: [True, True])
+    # "nearest": UpSampling2D then a 'same' conv (texts 000, 004); "transpose": one stride-2
+    # transposed conv per upsampling layer (same output size, ~4x cheaper on a CPU).
+    upsample_mode: Literal["nearest", "transpose"] = "nearest"
     out_kernel: int = 5
     activation: Activation = "leaky_relu"
     slope: float = 0.2
@@ -102,6 +108,8 @@ class MLPDiscriminatorConfig:
     real_index: int = 1  # which softmax2 unit means "real"
     init: Init = "keras"
     spectral_norm: bool = False
+    # With data.conditional: "projection" (Miyato & Koyama 2018) or "input" (one-hot planes).
+    conditioning: Literal["projection", "input"] = "projection"
 
 
 @dataclass
@@ -122,6 +130,7 @@ class ConvDiscriminatorConfig:
     real_index: int = 1
     init: Init = "keras"
     spectral_norm: bool = False
+    conditioning: Literal["projection", "input"] = "projection"
 
 
 GENERATOR_CONFIGS: dict[str, type] = {"mlp": MLPGeneratorConfig, "conv": ConvGeneratorConfig}
@@ -154,6 +163,14 @@ class TrainConfig:
     # saturating G loss; "hinge"; "lsgan" (least squares); "wgan-gp" (critic + gradient penalty).
     loss: Literal["bce", "minimax", "hinge", "lsgan", "wgan-gp"] = "bce"
     instance_noise: float = 0.0  # std of Gaussian noise added to every image D sees
+    # Differentiable augmentation of every image D sees, real and fake, in both steps (Zhao et
+    # al. 2020, "DiffAugment"): any of "translation", "cutout", "brightness", "contrast".
+    augment: list[Literal["translation", "cutout", "brightness", "contrast"]] = field(
+        default_factory=list)
+    r1: float = 0.0  # gamma of the R1 penalty gamma/2 * |grad_x D(x)|^2 on real images
+    # Exponential moving average of G's weights, used for every sample the run produces
+    # (grids, evaluation, generator.safetensors); 0: off, e.g. 0.999.
+    ema: float = 0.0
     d_steps: int = 1  # D updates per G update
     label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - this
     # "half": batch_size/2 real + batch_size/2 fake (texts 000, 001); "full": batch_size each.
@@ -176,6 +193,9 @@ class TrainConfig:
     # "bf16": bfloat16 autocast for the networks' matmuls and convolutions (weights, optimiser
     # state and losses stay float32).
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Channels-last (NHWC) tensors for the conv layers: oneDNN's fast path for narrow convs
+    # (measured in BENCHMARKS.md; it helps the small `best` networks, not text 000's).
+    channels_last: bool = False
     log_every: int = 50
     sample_every: int = 500
     # Sample-quality evaluation (FID etc. against the test set) every N steps; 0: off. The
@@ -412,6 +432,9 @@ def check_values(c: Config) -> None:
     need(t.decay >= 0, "train.decay must be 0 or more")
     need(0 < t.lr_gamma <= 1, "train.lr_gamma must be in (0, 1]")
     need(t.instance_noise >= 0, "train.instance_noise must be 0 or more")
+    need(t.r1 >= 0, "train.r1 must be 0 (off) or more: e.g. --set train.r1=1")
+    need(0 <= t.ema < 1, f"train.ema = {t.ema} must be in [0, 1): 0 (off) or e.g. 0.999")
+    need(len(set(t.augment)) == len(t.augment), "train.augment lists an augmentation twice")
     need(t.d_steps >= 1, f"train.d_steps = {t.d_steps} must be at least 1")
     need(
         0 <= t.label_smoothing < 0.5,

@@ -23,10 +23,17 @@ class TrainedGenerator:
     def __init__(self, net: nn.Module, config: Config) -> None:
         self.net = net.eval()
         self.config = config
+        # The digits a conditional model can be asked for; empty for an unconditional one.
+        self.classes: list[int] = (list(config.data.digits) or list(range(10))
+                                   if config.data.conditional else [])
 
-    def sample(self, n: int, seed: int = 0, noise: str | None = None) -> np.ndarray:
-        """`n` digits as a uint8 array (n, 28, 28). `noise` swaps the latent distribution
-        (normal, uniform, semicircle) for one the generator was not trained on."""
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def noise(self, n: int, seed: int = 0, noise: str | None = None) -> torch.Tensor:
+        """`n` latent vectors from the trained distribution, or from `noise` (normal, uniform,
+        semicircle) to see what the generator makes of one it was not trained on."""
         if n < 1:
             raise UserError(f"--n {n}: ask for at least one image")
         noise_config = self.config.noise
@@ -34,11 +41,37 @@ class TrainedGenerator:
             if noise not in DISTRIBUTIONS:
                 raise UserError(f"unknown noise '{noise}': choose one of {', '.join(DISTRIBUTIONS)}")
             noise_config = replace(noise_config, dist=noise)
-        device = next(self.net.parameters()).device
-        z = sample_noise(noise_config, n, torch.Generator(device).manual_seed(seed), device)
+        return sample_noise(noise_config, n, torch.Generator(self.device).manual_seed(seed), self.device)
+
+    def labels(self, n: int, digit: int | None = None) -> torch.Tensor | None:
+        """Labels for n images: all `digit`, or the model's digits in turn; None if the model
+        is unconditional (then asking for a digit is an error)."""
+        if not self.classes:
+            if digit is not None:
+                raise UserError(f"--digit {digit}: this generator is not class-conditional (it was "
+                                "trained without labels): sample without --digit, or train with "
+                                "--set data.conditional=true (e.g. --preset best)")
+            return None
+        if digit is None:
+            return torch.tensor(self.classes, device=self.device).repeat(n // len(self.classes) + 1)[:n]
+        if digit not in self.classes:
+            raise UserError(f"--digit {digit}: this generator knows digits "
+                            f"{','.join(map(str, self.classes))}: ask for one of those")
+        return torch.full((n,), digit, dtype=torch.long, device=self.device)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
+        """Images (uint8, (n, 28, 28)) for latent vectors `z` (and digit `labels`)."""
         with torch.inference_mode():
-            images = torch.cat([self.net(chunk) for chunk in z.split(1024)])
+            images = torch.cat([self.net(z[i:i + 1024], None if labels is None else labels[i:i + 1024])
+                                for i in range(0, len(z), 1024)])
         return to_uint8(images.cpu(), self.config.data.value_range).squeeze(1).numpy()
+
+    def sample(self, n: int, seed: int = 0, noise: str | None = None,
+               digit: int | None = None) -> np.ndarray:
+        """`n` digits as a uint8 array (n, 28, 28); `digit` asks a conditional model for one
+        digit (else it makes its digits in turn)."""
+        labels = self.labels(n, digit)
+        return self.decode(self.noise(n, seed, noise), labels)
 
 
 def weights_path(path: str | Path) -> Path:

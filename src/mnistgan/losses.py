@@ -7,9 +7,10 @@ target may be a tensor (a mixed batch of real and fake images, as in text 004).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def _target(logits: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ class WassersteinGP:
     def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return -fake_logits.mean()
 
-    def penalty(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+    def penalty(self, D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         n = min(len(real), len(fake))
         eps = torch.rand(n, 1, 1, 1, device=real.device, generator=generator)

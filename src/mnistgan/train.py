@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from .augment import augment
 from .checkpoint import Snapshot, list_checkpoints, read_checkpoint, restore, save_checkpoint, save_weights
 from .config import Config, config_from_json
 from .data import ImageBank, to_uint8
@@ -75,13 +77,22 @@ class GAN:
         self.data = data.to(device)
         t = config.train
         torch.manual_seed(t.seed)  # weights and dropout masks
-        self.G = build_generator(config).to(device)
-        self.D = build_discriminator(config).to(device)
+        memory = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.G = build_generator(config).to(device, memory_format=memory)
+        self.D = build_discriminator(config).to(device, memory_format=memory)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.g_lr, betas=tuple(t.g_betas),
                                       eps=t.adam_eps)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.d_lr, betas=tuple(t.d_betas),
                                       eps=t.adam_eps)
         self.loss = build_loss(t.loss)
+        self.conditional = config.data.conditional
+        # Conditional fakes ask for the digits the run trains on, uniformly.
+        self.classes = torch.tensor(config.data.digits or range(10), device=device)
+        self.background = -1.0 if config.data.value_range == "tanh" else 0.0
+        self.G_ema = None
+        if t.ema:
+            self.G_ema = AveragedModel(self.G, multi_avg_fn=ema_with_warmup(t.ema),
+                                       use_buffers=True)
         # Separate streams, so that changing one choice (e.g. the batch split) leaves the
         # other draws as they were.
         self.data_rng = torch.Generator(device).manual_seed(t.seed + 1)
@@ -96,22 +107,30 @@ class GAN:
     def noise(self, n: int) -> torch.Tensor:
         return sample_noise(self.config.noise, n, self.noise_rng, self.device)
 
-    def real_batch(self, n: int) -> torch.Tensor:
+    def labels(self, n: int) -> torch.Tensor | None:
+        """Digits for n fakes of a conditional model (None for an unconditional one)."""
+        if not self.conditional:
+            return None
+        pick = torch.randint(0, len(self.classes), (n,), generator=self.noise_rng, device=self.device)
+        return self.classes[pick]
+
+    def real_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n training images and, for a conditional model, their digit labels."""
         if self.config.data.sampling == "random":
             index = self.data.random_index(n, self.data_rng)
         else:
             if len(self.epoch_order) < n:
                 self.epoch_order = self.data.epoch_index(self.data_rng)
             index, self.epoch_order = self.epoch_order[:n], self.epoch_order[n:]
-        return self.data.batch(index)
+        return self.data.batch(index), self.data.labels[index] if self.conditional else None
 
-    def generate_for_d(self, z: torch.Tensor) -> torch.Tensor:
+    def generate_for_d(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Fakes for the discriminator step: no gradient flows back into G. With
         fakes = "predict" G runs in inference mode, exactly as Keras's generator.predict()."""
         predict = self.config.train.fakes == "predict"
         self.G.train(not predict)
         with torch.no_grad(), self.autocast():
-            fake = self.G(z).float()
+            fake = self.G(z, y).float()
         self.G.train()
         return fake
 
@@ -130,21 +149,33 @@ class GAN:
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.config.train.precision == "bf16")
 
-    def judge(self, images: torch.Tensor) -> torch.Tensor:
-        """D's logits (float32), with instance noise on its input when configured."""
-        sigma = self.config.train.instance_noise
+    def judge(self, images: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """D's logits (float32) for images (of digits y), augmented and with instance noise on
+        its input when configured: what D sees, in both steps."""
+        t = self.config.train
+        if t.augment:
+            images = augment(images, t.augment, self.background)
+        if t.instance_noise:
+            images = images + t.instance_noise * torch.randn_like(images)
         with self.autocast():
-            logits = self.D(images + sigma * torch.randn_like(images) if sigma else images)
+            logits = self.D(images, y)
         return logits.float()
 
-    def update_discriminator(self, images: torch.Tensor, target: float | torch.Tensor,
-                             penalty: Callable[[], torch.Tensor] | None = None
+    def r1_penalty(self, real: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """R1 (Mescheder et al. 2018): gamma/2 * E |grad_x D(x)|^2 on real images."""
+        real = real.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.judge(real, y).sum(), real, create_graph=True)
+        return self.config.train.r1 / 2 * grad.square().sum(dim=(1, 2, 3)).mean()
+
+    def update_discriminator(self, images: torch.Tensor, y: torch.Tensor | None,
+                             target: float | torch.Tensor,
+                             penalties: list[Callable[[], torch.Tensor]] = ()
                              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step of D on a batch (Keras: discriminator.train_on_batch)."""
         self.D.train()
-        logits = self.judge(images)
+        logits = self.judge(images, y)
         loss = self.loss.discriminator(logits, target)
-        if penalty is not None:
+        for penalty in penalties:
             loss = loss + penalty()
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -159,28 +190,33 @@ class GAN:
         t = self.config.train
         n = t.batch_size // 2 if t.d_batch == "half" else t.batch_size
         real_target = 1.0 - t.label_smoothing
-        real = self.real_batch(n)
-        z = self.noise(n)
-        fake = self.generate_for_d(z)
-        penalty = None
+        real, y_real = self.real_batch(n)
+        z, y = self.noise(n), self.labels(n)
+        fake = self.generate_for_d(z, y)
+        real_penalties, fake_penalties = [], []
+        if t.r1:
+            real_penalties.append(lambda: self.r1_penalty(real, y_real))
         if hasattr(self.loss, "penalty"):  # WGAN-GP: needs real and fake in one update
-            def penalty() -> torch.Tensor:
-                return self.loss.penalty(self.D, real, fake, self.noise_rng)
+            fake_penalties.append(lambda: self.loss.penalty(
+                lambda x: self.judge(x, y_real), real, fake, self.noise_rng))
         if t.d_update == "separate":
-            loss_real, logits_real = self.update_discriminator(real, real_target)
-            loss_fake, logits_fake = self.update_discriminator(fake, 0.0, penalty)
+            loss_real, logits_real = self.update_discriminator(real, y_real, real_target,
+                                                               real_penalties)
+            loss_fake, logits_fake = self.update_discriminator(fake, y, 0.0, fake_penalties)
             d_loss = (loss_real + loss_fake) / 2
         else:
             targets = torch.cat([torch.full((n,), real_target, device=self.device),
                                  torch.zeros(n, device=self.device)])
-            d_loss, logits = self.update_discriminator(torch.cat([real, fake]), targets, penalty)
+            d_loss, logits = self.update_discriminator(
+                torch.cat([real, fake]), None if y is None else torch.cat([y_real, y]), targets,
+                real_penalties + fake_penalties)
             logits_real, logits_fake = logits[:n], logits[n:]
         p_real, p_fake = torch.sigmoid(logits_real), torch.sigmoid(logits_fake)
         stats = torch.stack([d_loss, p_real.mean(), p_fake.mean(),
                              (p_real > 0.5).float().mean(), (p_fake < 0.5).float().mean()])
-        return stats, z
+        return stats, z, y
 
-    def generator_step(self, z: torch.Tensor) -> torch.Tensor:
+    def generator_step(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Train G through the stacked model with "real" labels while D stays frozen: D gets
         no gradient and no optimiser step. D stays in training mode, as the Keras models of
         the tutorials' time did (its dropout and batch statistics stay on)."""
@@ -188,12 +224,14 @@ class GAN:
         self.D.train()
         self.D.requires_grad_(False)
         with self.autocast():
-            fake = self.G(z)
-        loss = self.loss.generator(self.judge(fake.float()))
+            fake = self.G(z, y)
+        loss = self.loss.generator(self.judge(fake.float(), y))
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._set_lr(self.opt_g, self.config.train.g_lr, self.g_updates)
         self.opt_g.step()
+        if self.G_ema is not None:
+            self.G_ema.update_parameters(self.G)
         self.D.requires_grad_(True)
         self.g_updates += 1
         return loss.detach()
@@ -202,9 +240,10 @@ class GAN:
         """One iteration: D step(s), then one G step. Returns the STATS row (on the device)."""
         t = self.config.train
         for _ in range(t.d_steps):
-            d_stats, z = self.discriminator_step()
-        z_g = z if t.g_noise == "reuse" else self.noise(t.batch_size)
-        g_loss = self.generator_step(z_g)
+            d_stats, z, y = self.discriminator_step()
+        if t.g_noise != "reuse":
+            z, y = self.noise(t.batch_size), self.labels(t.batch_size)
+        g_loss = self.generator_step(z, y)
         self.step += 1
         return torch.cat([d_stats[:1], g_loss.view(1), d_stats[1:]])
 
@@ -213,28 +252,39 @@ class GAN:
         the GAN loop. Returns D's accuracy on that set afterwards."""
         t = self.config.train
         n = t.pretrain_images
-        real = self.real_batch(n)
-        fake = torch.cat([self.generate_for_d(self.noise(len(c)))
-                          for c in torch.arange(n).split(t.pretrain_batch)])
+        real, y_real = self.real_batch(n)
+        y_fake = self.labels(n)
+        fake = torch.cat([self.generate_for_d(self.noise(len(c)), None if y_fake is None else y_fake[c])
+                          for c in torch.arange(n, device=self.device).split(t.pretrain_batch)])
         images = torch.cat([real, fake])
+        labels = None if y_real is None else torch.cat([y_real, y_fake])
         targets = torch.cat([torch.full((n,), 1.0 - t.label_smoothing), torch.zeros(n)])
         targets = targets.to(self.device)
         order = torch.randperm(2 * n, generator=self.data_rng, device=self.device)
+        def pick(index: torch.Tensor) -> torch.Tensor | None:
+            return None if labels is None else labels[index]
+
         for batch in order.split(t.pretrain_batch):
-            self.update_discriminator(images[batch], targets[batch])
+            self.update_discriminator(images[batch], pick(batch), targets[batch])
         self.D.eval()  # measure without dropout, as Keras's evaluate() does
         with torch.no_grad():
-            logits = torch.cat([self.D(images[b]) for b in order.split(1024)])
+            logits = torch.cat([self.D(images[b], pick(b)) for b in order.split(1024)])
             correct = (logits > 0) == (targets[order] > 0.5)
         self.D.train()
         return correct.float().mean().item()
 
-    def sample(self, z: torch.Tensor) -> torch.Tensor:
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The generator that makes every image a user sees: G's moving average if kept."""
+        return self.G if self.G_ema is None else self.G_ema.module
+
+    def sample(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Images for looking at: G in inference mode, as Keras's predict()."""
-        self.G.eval()
+        net = self.sampler
+        net.eval()
         with torch.inference_mode():
-            images = self.G(z)
-        self.G.train()
+            images = net(z, y)
+        net.train()
         return images
 
 
@@ -328,20 +378,27 @@ class Loop:
         grid_rng = torch.Generator(gan.device).manual_seed(t.seed + 3)
         self.grid_z = sample_noise(config.noise, t.grid_size, grid_rng, gan.device)
         self.nrow = math.ceil(math.sqrt(t.grid_size))
+        # A conditional model's grid shows one digit per row.
+        self.grid_y = class_rows(gan.classes, t.grid_size, self.nrow) if gan.conditional else None
         order = torch.randperm(len(gan.data), generator=torch.Generator().manual_seed(t.seed))
         self.real_grid = gan.data.batch(order[: min(t.grid_size, len(gan.data))].to(gan.device))
         self.health = HealthMonitor()
         self.findings: list[Finding] = []
-        self.good_state = {"G": _copy(gan.G), "D": _copy(gan.D)}
+        self.good_state = self.weights()
         self.bar = tqdm(total=steps, initial=gan.step, disable=not progress, unit="step",
                         dynamic_ncols=True, desc=config.name)
 
     def sample_grid(self) -> tuple[np.ndarray, float]:
         """Save the fixed-noise grid; returns it and the samples' diversity."""
-        fake = self.gan.sample(self.grid_z)
+        fake = self.gan.sample(self.grid_z, self.grid_y)
         images = to_uint8(fake.cpu(), self.value_range).squeeze(1).numpy()
         self.folder.save_grid(self.gan.step, images, self.nrow)
         return images, diversity(fake, self.real_grid)
+
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        gan = self.gan
+        nets = {"G": gan.G, "D": gan.D} | ({"G_ema": gan.G_ema} if gan.G_ema is not None else {})
+        return {name: _copy(net) for name, net in nets.items()}
 
     def say(self, text: str) -> None:
         self.folder.note(text)
@@ -381,7 +438,7 @@ class Loop:
                 if "diverged" in self.check_health(row):
                     return self.stop_diverged()
                 if _finite(gan.G) and _finite(gan.D):
-                    self.good_state = {"G": _copy(gan.G), "D": _copy(gan.D)}
+                    self.good_state = self.weights()
                 self.bar.update(since_log)
                 sums.zero_()
                 extra = {}
@@ -413,13 +470,16 @@ class Loop:
         t = config.train
         z = sample_noise(config.noise, t.eval_samples,
                          torch.Generator(gan.device).manual_seed(t.seed + 4), gan.device)
-        images = torch.cat([gan.sample(chunk) for chunk in z.split(1000)])
+        y = class_rows(gan.classes, t.eval_samples, 1) if gan.conditional else None
+        images = torch.cat([gan.sample(z[i:i + 1000], None if y is None else y[i:i + 1000])
+                            for i in range(0, len(z), 1000)])
         u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)
-        scores = evaluate_images(u8, digits=config.data.digits, data_dir=self.data_dir)
+        scores = evaluate_images(u8, digits=config.data.digits, data_dir=self.data_dir,
+                                 labels=None if y is None else y.cpu())
         fid = scores["fid"]
         if self.snapshot.best_fid is None or fid < self.snapshot.best_fid:
             self.snapshot.best_fid = fid
-            save_weights(gan.G, self.folder.generator_best, config, "generator")
+            save_weights(gan.sampler, self.folder.generator_best, config, "generator")
             self.folder.note(f"best FID so far at step {gan.step}: {fid:.3f}")
         return {k: round(v, 5) for k, v in scores.items()}
 
@@ -485,6 +545,8 @@ class Loop:
         self.bar.close()
         gan.G.load_state_dict(self.good_state["G"])
         gan.D.load_state_dict(self.good_state["D"])
+        if gan.G_ema is not None:
+            gan.G_ema.load_state_dict(self.good_state["G_ema"])
         self.finish()
         raise UserError(
             f"training diverged at step {gan.step} (loss is NaN or Inf); the last good weights "
@@ -493,10 +555,29 @@ class Loop:
     def finish(self) -> None:
         gan, config = self.gan, self.gan.config
         fake, _ = self.sample_grid()
-        save_weights(gan.G, self.folder.generator, config, "generator")
+        save_weights(gan.sampler, self.folder.generator, config, "generator")
         save_weights(gan.D, self.folder.discriminator, config, "discriminator")
         real = to_uint8(self.real_grid.cpu(), self.value_range).squeeze(1).numpy()
         self.folder.finish(real, fake, title=config.name)
+
+
+def ema_with_warmup(decay: float) -> Callable[..., None]:
+    """EMA update whose decay ramps up as (1 + n) / (10 + n) to `decay`: early averages would
+    otherwise be dominated by the untrained initial weights for ~1 / (1 - decay) steps."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        weight = 1 - min(decay, (1 + float(n)) / (10 + float(n)))
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():  # counters such as BN's num_batches_tracked
+                a.copy_(c)
+    return update
+
+
+def class_rows(classes: torch.Tensor, n: int, per_row: int) -> torch.Tensor:
+    """Labels for n images laid out `per_row` to a row, cycling through `classes` row by row."""
+    return classes[(torch.arange(n, device=classes.device) // per_row) % len(classes)]
 
 
 def _copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:

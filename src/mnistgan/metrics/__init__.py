@@ -46,6 +46,7 @@ class Reference:
     test: FeatureSet  # what samples are compared with
     train_bank: torch.Tensor  # training-image features, for memorisation
     heldout: torch.Tensor  # uint8 training images not in the bank: the real-data floor
+    heldout_labels: torch.Tensor  # their digits
     memorised_below: float  # nearest-training-image distance of the closest 1 % of real
 
 
@@ -62,7 +63,8 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
     test_x, test_y = load_split("mnist", "test", data_dir)
     train_x, train_y = load_split("mnist", "train", data_dir)
     test_x = test_x[torch.isin(test_y, torch.tensor(digits))]
-    train_x = train_x[torch.isin(train_y, torch.tensor(digits))]
+    keep = torch.isin(train_y, torch.tensor(digits))
+    train_x, train_y = train_x[keep], train_y[keep]
     # The last sixth of the training images (10,000 of all 60,000) are held out as the floor.
     n_held = len(train_x) // 6
     heldout = train_x[-n_held:]
@@ -81,7 +83,7 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
         with contextlib.suppress(OSError):  # a read-only cache costs only the time, next run
             atomic_write(cache, save(saved))
     return Reference(digits, FeatureSet(saved["test_features"], saved["test_probs"]),
-                     saved["bank"], heldout, float(saved["threshold"]))
+                     saved["bank"], heldout, train_y[-n_held:], float(saved["threshold"]))
 
 
 def _classes(gen: FeatureSet, ref: Reference) -> dict[str, float]:
@@ -124,9 +126,11 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def compute(images_u8: torch.Tensor, ref: Reference,
-            names: Sequence[str] | None = None) -> dict[str, float]:
-    """The named metrics (all by default) of uint8 images (N, 28, 28) against `ref`."""
+def compute(images_u8: torch.Tensor, ref: Reference, names: Sequence[str] | None = None,
+            labels: torch.Tensor | None = None) -> dict[str, float]:
+    """The named metrics (all by default) of uint8 images (N, 28, 28) against `ref`; with the
+    digit each image was asked to be (`labels`), also the conditional accuracy: the share the
+    reference classifier reads as that digit."""
     if len(images_u8) < MIN_SAMPLES:
         raise UserError(f"{len(images_u8)} images are too few to measure (k-NN and covariance "
                         f"statistics need at least {MIN_SAMPLES}): use e.g. --n 10000")
@@ -134,30 +138,34 @@ def compute(images_u8: torch.Tensor, ref: Reference,
     out: dict[str, float] = {}
     for name in names or METRICS:
         out |= METRICS[name](gen, ref)
+    if labels is not None:
+        out["conditional_accuracy"] = (gen.probs.argmax(1) == labels.cpu()).double().mean().item()
     return out
 
 
 def evaluate_images(images_u8: torch.Tensor, digits: Sequence[int] = (),
-                    data_dir: str | Path | None = None,
-                    names: Sequence[str] | None = None) -> dict[str, float]:
+                    data_dir: str | Path | None = None, names: Sequence[str] | None = None,
+                    labels: torch.Tensor | None = None) -> dict[str, float]:
     """Metrics of generated images only (what training logs)."""
-    return compute(images_u8, reference(digits, data_dir), names)
+    return compute(images_u8, reference(digits, data_dir), names, labels)
 
 
 def evaluate(images_u8: torch.Tensor, digits: Sequence[int] = (),
-             data_dir: str | Path | None = None) -> dict:
+             data_dir: str | Path | None = None, labels: torch.Tensor | None = None) -> dict:
     """Every metric for the generated images and, as the floor, for as many held-out real
-    images (at most all of them), plus the class histogram of the generated images."""
+    images (at most all of them), plus the class histogram of the generated images. `labels`:
+    the digits a conditional generator was asked for (the floor then uses the real labels)."""
     ref = reference(digits, data_dir)
     n_real = min(len(images_u8), len(ref.heldout))
     counts = scores.class_histogram(FeatureSet.of(images_u8).probs)
-    generated = compute(images_u8, ref)
+    generated = compute(images_u8, ref, labels=labels)
+    real_labels = ref.heldout_labels[:n_real] if labels is not None else None
     return {
         "samples": len(images_u8),
         "real_samples": n_real,
         "digits": list(ref.digits),
         "generated": generated,
-        "real": compute(ref.heldout[:n_real], ref),
+        "real": compute(ref.heldout[:n_real], ref, labels=real_labels),
         "histogram": counts.tolist(),
     }
 
@@ -175,6 +183,9 @@ ROWS = [
 ]
 
 
+CONDITIONAL_ROWS = [("conditional accuracy ↑", "conditional_accuracy", None)]
+
+
 def format_table(result: dict) -> str:
     """One table: metric | generated | real (floor); then the class histogram."""
     def cell(values: dict[str, float], key: str, std: str | None) -> str:
@@ -185,7 +196,7 @@ def format_table(result: dict) -> str:
     head = (f"{'metric':30s} {'generated (' + str(result['samples']) + ')':>24s} "
             f"{'real floor (' + str(result['real_samples']) + ')':>24s}")
     lines = [head, "-" * len(head)]
-    for label, key, std in ROWS:
+    for label, key, std in ROWS + CONDITIONAL_ROWS * ("conditional_accuracy" in gen):
         lines.append(f"{label:30s} {cell(gen, key, std):>24s} {cell(real, key, std):>24s}")
     total = max(sum(result["histogram"]), 1)
     lines.append("")

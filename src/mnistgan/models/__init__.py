@@ -13,14 +13,16 @@ __all__ = ["build_generator", "build_discriminator", "Discriminator"]
 
 
 def build_generator(config: Config) -> nn.Module:
-    g = config.generator
+    g, conditional = config.generator, config.data.conditional
     if isinstance(g, MLPGeneratorConfig):
-        return MLPGenerator(config.noise.dim, g)
+        return MLPGenerator(config.noise.dim, g, conditional)
     if isinstance(g, ConvGeneratorConfig):
-        return ConvGenerator(config.noise.dim, g)
+        return ConvGenerator(config.noise.dim, g, conditional)
     raise TypeError(f"no generator for {type(g).__name__}")
 
 
 def build_discriminator(config: Config) -> Discriminator:
     d = config.discriminator
-    return mlp_discriminator(d) if d.arch == "mlp" else conv_discriminator(d)
+    conditioning = d.conditioning if config.data.conditional else "none"
+    build = mlp_discriminator if d.arch == "mlp" else conv_discriminator
+    return build(d, conditioning)

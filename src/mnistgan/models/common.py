@@ -48,7 +48,7 @@ def initialise(module: nn.Module, scheme: str) -> None:
     if scheme == "torch":
         return
     for layer in module.modules():
-        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             continue
         weight = getattr(layer, "parametrizations", None)
         w = weight.weight.original if weight is not None else layer.weight
@@ -65,6 +65,19 @@ def initialise(module: nn.Module, scheme: str) -> None:
                 layer.bias.zero_()
 
 
+CLASSES = 10  # class-conditional models take a digit label 0-9
+
+
+def with_label(z: torch.Tensor, labels: torch.Tensor | None, conditional: bool) -> torch.Tensor:
+    """A conditional generator's input: the noise with the label's one-hot code appended
+    (Mirza & Osindero 2014); an unconditional one's: the noise."""
+    if not conditional:
+        return z
+    if labels is None:
+        raise ValueError("this generator is class-conditional: pass the digit labels")
+    return torch.cat([z, nn.functional.one_hot(labels, CLASSES).to(z.dtype)], 1)
+
+
 class Discriminator(nn.Module):
     """A feature trunk plus a real-vs-fake head that always returns one logit per image.
 
@@ -72,25 +85,42 @@ class Discriminator(nn.Module):
     two units is the sigmoid of their difference, so its loss equals binary cross-entropy on
     ``logit = z[real] - z[fake]`` exactly, gradients included. Keeping the two units preserves
     the tutorial's parameters while every loss works on a single logit.
+
+    Class-conditional discriminators either project (Miyato & Koyama 2018: the logit gains
+    the inner product of a learned class embedding with the trunk's features) or see the
+    label as ten extra one-hot input channels ("input").
     """
 
     def __init__(self, trunk: nn.Module, features: int, head: str, real_index: int,
-                 spectral: bool = False) -> None:
+                 spectral: bool = False, conditioning: str = "none") -> None:
         super().__init__()
         self.trunk = trunk
         self.head_kind = head
         self.real_index = real_index
+        self.conditioning = conditioning
         self.out = maybe_spectral(nn.Linear(features, 1 if head == "sigmoid" else 2), spectral)
+        if conditioning == "projection":
+            self.embed = maybe_spectral(nn.Embedding(CLASSES, features), spectral)
+            nn.init.normal_(self.embed.weight if not spectral else
+                            self.embed.parametrizations.weight.original, 0.0, 0.02)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        z = self.out(self.trunk(images))
-        if self.head_kind == "sigmoid":
-            return z.squeeze(1)
-        return z[:, self.real_index] - z[:, 1 - self.real_index]
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conditioning != "none" and labels is None:
+            raise ValueError("this discriminator is class-conditional: pass the digit labels")
+        if self.conditioning == "input":
+            planes = nn.functional.one_hot(labels, CLASSES).to(images.dtype)[:, :, None, None]
+            images = torch.cat([images, planes.expand(-1, -1, *images.shape[2:])], 1)
+        h = self.trunk(images)
+        z = self.out(h)
+        logit = z.squeeze(1) if self.head_kind == "sigmoid" else (
+            z[:, self.real_index] - z[:, 1 - self.real_index])
+        if self.conditioning == "projection":
+            logit = logit + (self.embed(labels) * h).sum(1)
+        return logit
 
 
 def dense_discriminator(trunk: list[nn.Module], features: int, hidden: list[int], act: str,
-                        c: Any) -> Discriminator:
+                        c: Any, conditioning: str) -> Discriminator:
     """Finish a discriminator: [Dense -> act -> Dropout] per hidden size after `trunk`, then
     the real-vs-fake head; `c` is the discriminator's config section."""
     layers = list(trunk)
@@ -100,6 +130,7 @@ def dense_discriminator(trunk: list[nn.Module], features: int, hidden: list[int]
         if c.dropout:
             layers.append(nn.Dropout(c.dropout))
         features = h
-    net = Discriminator(nn.Sequential(*layers), features, c.head, c.real_index, c.spectral_norm)
+    net = Discriminator(nn.Sequential(*layers), features, c.head, c.real_index, c.spectral_norm,
+                        conditioning)
     initialise(net, c.init)
     return net

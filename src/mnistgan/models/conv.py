@@ -7,19 +7,30 @@ import torch
 from torch import nn
 
 from ..config import ConvDiscriminatorConfig, ConvGeneratorConfig
-from .common import Discriminator, activation, batch_norm, dense_discriminator, initialise, maybe_spectral
+from .common import (
+    CLASSES,
+    Discriminator,
+    activation,
+    batch_norm,
+    dense_discriminator,
+    initialise,
+    maybe_spectral,
+    with_label,
+)
 
 
 class ConvGenerator(nn.Module):
     """noise -> Dense(C*S*S) -> BN -> act -> reshape (C, S, S) -> Dropout
-    -> [Upsample x2? -> Conv k x k ('same') -> BN -> act -> Dropout] per layer
+    -> [Upsample x2? -> Conv k x k ('same') -> BN -> act -> Dropout] per layer (or a stride-2
+       transposed conv where it upsamples, with upsample_mode = "transpose")
     -> Conv(out_kernel) to 1 channel -> output activation."""
 
-    def __init__(self, noise_dim: int, c: ConvGeneratorConfig) -> None:
+    def __init__(self, noise_dim: int, c: ConvGeneratorConfig, conditional: bool = False) -> None:
         super().__init__()
+        self.conditional = conditional
         self.start = (c.start_channels, c.start_size, c.start_size)
         features = c.start_channels * c.start_size**2
-        self.dense = nn.Linear(noise_dim, features)
+        self.dense = nn.Linear(noise_dim + CLASSES * conditional, features)
         stem: list[nn.Module] = []
         if c.batch_norm:
             stem.append(batch_norm("1d", features, c.bn_momentum, c.bn_eps, c.bn_batch_stats))
@@ -28,9 +39,12 @@ class ConvGenerator(nn.Module):
         body: list[nn.Module] = [nn.Dropout(c.dropout)] if c.dropout else []
         width = c.start_channels
         for ch, k, up in zip(c.channels, c.kernels, c.upsample, strict=True):
-            if up:
-                body.append(nn.Upsample(scale_factor=2, mode="nearest"))
-            body.append(nn.Conv2d(width, ch, k, padding=k // 2))
+            if up and c.upsample_mode == "transpose":
+                body.append(nn.ConvTranspose2d(width, ch, k, stride=2, padding=k // 2, output_padding=1))
+            else:
+                if up:
+                    body.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                body.append(nn.Conv2d(width, ch, k, padding=k // 2))
             if c.batch_norm:
                 body.append(batch_norm("2d", ch, c.bn_momentum, c.bn_eps, c.bn_batch_stats))
             body.append(activation(c.activation, c.slope))
@@ -44,16 +58,16 @@ class ConvGenerator(nn.Module):
         if c.init_first is not None:
             initialise(self.dense, c.init_first)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.stem(self.dense(z)).view(-1, *self.start)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.stem(self.dense(with_label(z, labels, self.conditional))).view(-1, *self.start)
         return self.body(x)
 
 
-def conv_discriminator(c: ConvDiscriminatorConfig) -> Discriminator:
+def conv_discriminator(c: ConvDiscriminatorConfig, conditioning: str = "none") -> Discriminator:
     """image -> [Conv k x k stride s ('same') -> BN? -> act -> Dropout] per channel count
     -> Flatten -> [Dense -> act -> Dropout] per hidden size -> head."""
     layers: list[nn.Module] = []
-    width, size = 1, 28
+    width, size = 1 + CLASSES * (conditioning == "input"), 28
     for ch in c.channels:
         layers.append(maybe_spectral(
             nn.Conv2d(width, ch, c.kernel, stride=c.stride, padding=c.kernel // 2),
@@ -66,4 +80,5 @@ def conv_discriminator(c: ConvDiscriminatorConfig) -> Discriminator:
         width = ch
         size = (size + 2 * (c.kernel // 2) - c.kernel) // c.stride + 1
     layers.append(nn.Flatten())
-    return dense_discriminator(layers, width * size * size, c.hidden, c.hidden_activation, c)
+    return dense_discriminator(layers, width * size * size, c.hidden, c.hidden_activation, c,
+                               conditioning)

@@ -6,7 +6,15 @@ import torch
 from torch import nn
 
 from ..config import MLPDiscriminatorConfig, MLPGeneratorConfig
-from .common import Discriminator, activation, batch_norm, dense_discriminator, initialise
+from .common import (
+    CLASSES,
+    Discriminator,
+    activation,
+    batch_norm,
+    dense_discriminator,
+    initialise,
+    with_label,
+)
 
 PIXELS = 28 * 28
 
@@ -14,10 +22,11 @@ PIXELS = 28 * 28
 class MLPGenerator(nn.Module):
     """noise -> [Dense -> activation -> BatchNorm -> Dropout] x len(hidden) -> Dense(784) -> out."""
 
-    def __init__(self, noise_dim: int, c: MLPGeneratorConfig) -> None:
+    def __init__(self, noise_dim: int, c: MLPGeneratorConfig, conditional: bool = False) -> None:
         super().__init__()
+        self.conditional = conditional
         layers: list[nn.Module] = []
-        width = noise_dim
+        width = noise_dim + CLASSES * conditional
         for h in c.hidden:
             layers.append(nn.Linear(width, h))
             act = activation(c.activation, c.slope)
@@ -33,10 +42,12 @@ class MLPGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
         initialise(self, c.init)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, 1, 28, 28)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(with_label(z, labels, self.conditional)).view(-1, 1, 28, 28)
 
 
-def mlp_discriminator(c: MLPDiscriminatorConfig) -> Discriminator:
+def mlp_discriminator(c: MLPDiscriminatorConfig, conditioning: str = "none") -> Discriminator:
     """image -> Flatten -> [Dense -> activation -> Dropout] x len(hidden) -> head."""
-    return dense_discriminator([nn.Flatten()], PIXELS, c.hidden, c.activation, c)
+    channels = 1 + CLASSES * (conditioning == "input")
+    return dense_discriminator([nn.Flatten()], channels * PIXELS, c.hidden, c.activation, c,
+                               conditioning)
