@@ -190,3 +190,17 @@ def test_tensorboard_logging_or_a_clear_error(tmp_path, mnist_dir):
         return
     run = train(config, out=tmp_path / "r", progress=False, tensorboard=True).run_dir
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_shared_fakes_are_exact_for_text_002_and_need_reused_noise(tmp_path, mnist_dir):
+    from mnistgan import UserError
+
+    runs = {}
+    for share in ("false", "true"):
+        config = tiny("seed-002", steps=5, extra=[f"train.share_fakes={share}"])
+        runs[share] = load_file(train(config, out=tmp_path / share, progress=False).run_dir
+                                / "generator.safetensors")
+    for key in runs["false"]:
+        assert torch.equal(runs["false"][key], runs["true"][key]), key
+    with pytest.raises(UserError, match="needs train.g_noise = 'reuse'"):
+        load_config("seed-001", ["train.share_fakes=true"])

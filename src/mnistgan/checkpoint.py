@@ -221,6 +221,8 @@ def restore(gan: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any], so
     try:
         gan.opt_g.load_state_dict(_optimizer_state("opt_g", tensors, meta["opt_g"]))
         gan.opt_d.load_state_dict(_optimizer_state("opt_d", tensors, meta["opt_d"]))
+        _match_layouts(gan.opt_g)
+        _match_layouts(gan.opt_d)
         gan.step, gan.d_updates, gan.g_updates = meta["step"], meta["d_updates"], meta["g_updates"]
         torch.set_rng_state(tensors["rng.torch"])
         gan.data_rng.set_state(tensors["rng.data"])
@@ -236,6 +238,16 @@ def restore(gan: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any], so
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise UserError(f"checkpoint {source} does not fit this run ({exc}): "
                         "resume with the run folder it was written in") from None
+
+
+def _match_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each moment tensor its parameter's memory layout: checkpoints store them
+    contiguous, while channels-last parameters (and a fused Adam's exact arithmetic) want
+    channels-last moments."""
+    for param, state in opt.state.items():
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _jsonable(value: Any) -> Any:

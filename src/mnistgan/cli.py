@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -147,7 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, steps=args.steps, epochs=args.epochs,
                         data_dir=args.data_dir, progress=not args.no_progress,
                         tensorboard=args.tensorboard)
-        print(f"run folder: {result.run_dir} (step {result.steps})")
+        if rank0():
+            print(f"run folder: {result.run_dir} (step {result.steps})")
         return 0
     config = load_config(args.preset, train_overrides(args))
     if args.print_config:
@@ -155,8 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     result = train(config, out=args.out, data_dir=args.data_dir,
                    progress=not args.no_progress, tensorboard=args.tensorboard)
-    print(f"run folder: {result.run_dir} ({result.steps} steps, {result.seconds:.1f} s, "
-          f"{result.images_per_second:.0f} images/s)")
+    if rank0():
+        print(f"run folder: {result.run_dir} ({result.steps} steps, {result.seconds:.1f} s, "
+              f"{result.images_per_second:.0f} images/s)")
     return 0
 
 
@@ -256,6 +259,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def rank0() -> bool:
+    """Under torchrun every rank runs this command: rank 0 alone speaks for them."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def report(text: str) -> None:
+    """One line on stderr (from rank 0 only under torchrun)."""
+    if rank0():
+        print(f"mnistgan: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets,
@@ -263,11 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except UserError as exc:
-        print(f"mnistgan: error: {exc}", file=sys.stderr)
+        report(f"error: {exc}")
         return 2
     except Interrupted as exc:
-        print(f"mnistgan: {exc}", file=sys.stderr)
+        report(str(exc))
         return exc.code
     except KeyboardInterrupt:
-        print("mnistgan: interrupted", file=sys.stderr)
+        report("interrupted")
         return 130
+    finally:
+        if args.command == "train":
+            from .distributed import leave
+
+            leave()

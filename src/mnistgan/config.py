@@ -184,10 +184,20 @@ class TrainConfig:
     fakes: Literal["predict", "train"] = "predict"
     # "fresh": the G step draws new noise; "reuse": it uses the D step's noise (text 002).
     g_noise: Literal["fresh", "reuse"] = "fresh"
+    # With g_noise = "reuse": run G once per step and let the G step reuse the D step's fakes
+    # (with their graph) instead of generating them again. Exact when G has no batch norm or
+    # dropout (its training and inference passes agree), as in text 002.
+    share_fakes: bool = False
     # D pre-training (text 004): this many real and as many generated images, one epoch.
     pretrain_images: int = 0
     pretrain_batch: int = 128
     seed: int = 0
+    # Distributed runs (torchrun): batch_size is per process, so the effective batch is
+    # batch_size x world_size; the learning rates are scaled by world_size ("linear", Goyal et
+    # al. 2017), its square root ("sqrt") or not at all ("none", the default: the run then
+    # equals one process at the effective batch). world_size is recorded by the trainer.
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    world_size: int = 1
     threads: int = 0  # 0: PyTorch's default
     device: Literal["cpu", "cuda", "mps", "auto"] = "cpu"
     # "bf16": bfloat16 autocast for the networks' matmuls and convolutions (weights, optimiser
@@ -444,7 +454,11 @@ def check_values(c: Config) -> None:
         t.g_noise == "fresh" or t.d_batch == "full",
         "train.g_noise = 'reuse' needs train.d_batch = 'full' (the G step uses the D step's noise)",
     )
+    need(not t.share_fakes or t.g_noise == "reuse",
+         "train.share_fakes = true needs train.g_noise = 'reuse' (the G step must use the D step's noise)")
     need(t.pretrain_images >= 0 and t.pretrain_batch >= 1, "train.pretrain_* must be positive")
+    need(t.world_size >= 1, "train.world_size must be at least 1 (it is recorded, not chosen: "
+         "launch several processes with torchrun)")
     need(t.threads >= 0, "train.threads must be 0 (automatic) or more")
     need(t.log_every >= 1, "train.log_every must be at least 1")
     need(t.sample_every >= 1, "train.sample_every must be at least 1")

@@ -133,6 +133,18 @@ class RunFolder:
             self._tb.close()
 
 
+class SilentFolder:
+    """The run folder as ranks other than 0 of a distributed run see it: they write nothing."""
+
+    path = Path("(rank 0's run folder)")
+
+    def note(self, text: str) -> None:
+        pass
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        pass
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The logged rows. A last line cut short by a kill mid-write is left out."""
     if not path.exists():
