@@ -8,6 +8,7 @@ runs in a fresh subprocess so that its peak memory is its own.
 
     python benchmarks/throughput.py                       # all presets, PyTorch's thread default
     python benchmarks/throughput.py --presets seed-001 --threads 1 --repeats 5
+    python benchmarks/throughput.py --presets seed-000 seed-004 --precision fp32 bf16
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-PRESETS = ["seed-000", "seed-001", "seed-002", "seed-004"]
+PRESETS = ["seed-000", "seed-001", "seed-002", "seed-004", "best"]
 
 
-def matmul_gflops(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
+def matmul_gflops(threads: int, n: int = 1024, seconds: float = 1.0,
+                  dtype: torch.dtype = torch.float32) -> float:
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     reps, t0 = 0, time.perf_counter()
@@ -39,13 +41,13 @@ def matmul_gflops(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def measure(preset: str, threads: int, repeats: int, window: float) -> dict:
+def measure(preset: str, threads: int, repeats: int, window: float, precision: str) -> dict:
     from mnistgan.config import load_config
     from mnistgan.data import ImageBank
     from mnistgan.train import GAN
 
     torch.set_num_threads(threads)
-    config = load_config(preset)
+    config = load_config(preset, [f"train.precision={precision}"])
     data = ImageBank.load(config.data.dataset, "train", None, config.data.digits,
                           config.data.value_range)
     gan = GAN(config, data, torch.device("cpu"))
@@ -67,9 +69,9 @@ def measure(preset: str, threads: int, repeats: int, window: float) -> dict:
     t0 = time.perf_counter()
     gan.sample(z)
     sample_ips = len(z) / (time.perf_counter() - t0)
-    peak = matmul_gflops(threads)
+    peak = matmul_gflops(threads, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     return {
-        "preset": preset, "threads": threads, "batch": config.train.batch_size,
+        "preset": preset, "threads": threads, "batch": config.train.batch_size, "precision": precision,
         "it_s": its, "img_s": its * config.train.batch_size, "sample_img_s": sample_ips,
         "gflop_step": flops / 1e9, "gflops": its * flops / 1e9, "matmul_gflops": peak,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -83,32 +85,37 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--window", type=float, default=3.0, help="seconds per timed window")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="bf16: bfloat16 autocast, compared with the bf16 matmul rate")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.presets[0], args.threads[0], args.repeats, args.window)))
+        print(json.dumps(measure(args.presets[0], args.threads[0], args.repeats, args.window,
+                                 args.precision[0])))
         return
     rows = []
     for preset in args.presets:
-        for threads in args.threads:
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", "--presets", preset, "--threads",
-                 str(threads), "--repeats", str(args.repeats), "--window", str(args.window)],
-                capture_output=True, text=True, check=True, env=os.environ.copy())
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"  measured {preset} threads={threads}", file=sys.stderr)
-    head = ("| preset | batch | threads | train it/s | train img/s | sample img/s | GFLOP/step "
-            "| GFLOP/s | matmul GFLOP/s | of peak | peak RSS MB |")
+        for precision in args.precision:
+            for threads in args.threads:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", "--presets", preset, "--threads",
+                     str(threads), "--repeats", str(args.repeats), "--window", str(args.window),
+                     "--precision", precision],
+                    capture_output=True, text=True, check=True, env=os.environ.copy())
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  measured {preset} {precision} threads={threads}", file=sys.stderr)
+    head = ("| preset | batch | precision | threads | train it/s | train img/s | sample img/s | "
+            "GFLOP/step | GFLOP/s | matmul GFLOP/s | of peak | peak RSS MB |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        print(f"| {r['preset']} | {r['batch']} | {r['threads']} | {r['it_s']:.1f} | "
+        print(f"| {r['preset']} | {r['batch']} | {r['precision']} | {r['threads']} | {r['it_s']:.1f} | "
               f"{r['img_s']:.0f} | {r['sample_img_s']:.0f} | {r['gflop_step']:.3f} | "
               f"{r['gflops']:.1f} | {r['matmul_gflops']:.0f} | "
               f"{100 * r['gflops'] / r['matmul_gflops']:.0f}% | {r['peak_rss_mb']:.0f} |")
     print(f"\nmedian of {args.repeats} windows of {args.window:.0f} s each; torch "
           f"{torch.__version__}; timed windows per row: "
-          + "; ".join(f"{r['preset']}/{r['threads']}t {r['runs']}" for r in rows))
+          + "; ".join(f"{r['preset']}/{r['precision']}/{r['threads']}t {r['runs']}" for r in rows))
 
 
 if __name__ == "__main__":

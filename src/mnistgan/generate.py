@@ -16,6 +16,10 @@ from .errors import UserError
 from .models import build_generator
 from .noise import DISTRIBUTIONS, sample_noise
 
+# Images per forward pass when sampling: text 004's generator holds 200 channels at 28x28
+# (0.6 MB an image per layer), so larger chunks cost memory and gain no speed.
+SAMPLE_CHUNK = 256
+
 
 class TrainedGenerator:
     """A generator with the config it was trained under."""
@@ -62,8 +66,9 @@ class TrainedGenerator:
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
         """Images (uint8, (n, 28, 28)) for latent vectors `z` (and digit `labels`)."""
         with torch.inference_mode():
-            images = torch.cat([self.net(z[i:i + 1024], None if labels is None else labels[i:i + 1024])
-                                for i in range(0, len(z), 1024)])
+            images = torch.cat([self.net(z[i:i + SAMPLE_CHUNK],
+                                         None if labels is None else labels[i:i + SAMPLE_CHUNK])
+                                for i in range(0, len(z), SAMPLE_CHUNK)])
         return to_uint8(images.cpu(), self.config.data.value_range).squeeze(1).numpy()
 
     def sample(self, n: int, seed: int = 0, noise: str | None = None,

@@ -34,6 +34,7 @@ from .config import Config, config_from_json
 from .data import ImageBank, to_uint8
 from .distributed import World, any_rank, join, lr_scale, mean_over_ranks, wrap
 from .errors import Interrupted, UserError
+from .generate import SAMPLE_CHUNK
 from .health import Finding, HealthMonitor, diversity
 from .losses import build_loss
 from .models import build_discriminator, build_generator
@@ -303,7 +304,7 @@ class GAN:
             self.update_discriminator(images[batch], pick(batch), targets[batch])
         self.D.eval()  # measure without dropout, as Keras's evaluate() does
         with torch.no_grad():
-            logits = torch.cat([self.D(images[b], pick(b)) for b in order.split(1024)])
+            logits = torch.cat([self.D(images[b], pick(b)) for b in order.split(SAMPLE_CHUNK)])
             correct = (logits > 0) == (targets[order] > 0.5)
         self.D.train()
         return correct.float().mean().item()
@@ -318,7 +319,8 @@ class GAN:
         net = self.sampler
         net.eval()
         with torch.inference_mode():
-            images = net(z, y)
+            images = torch.cat([net(z[i:i + SAMPLE_CHUNK], None if y is None else y[i:i + SAMPLE_CHUNK])
+                                for i in range(0, len(z), SAMPLE_CHUNK)])
         net.train()
         return images
 
@@ -527,8 +529,7 @@ class Loop:
         z = sample_noise(config.noise, t.eval_samples,
                          torch.Generator(gan.device).manual_seed(t.seed + 4), gan.device)
         y = class_rows(gan.classes, t.eval_samples, 1) if gan.conditional else None
-        images = torch.cat([gan.sample(z[i:i + 1000], None if y is None else y[i:i + 1000])
-                            for i in range(0, len(z), 1000)])
+        images = gan.sample(z, y)
         u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)
         scores = evaluate_images(u8, digits=config.data.digits, data_dir=self.data_dir,
                                  labels=None if y is None else y.cpu())
