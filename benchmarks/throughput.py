@@ -64,10 +64,10 @@ def measure(preset: str, threads: int, repeats: int, window: float, precision: s
             steps += 1
         rates.append(steps / (time.perf_counter() - t0))
     its = statistics.median(rates)
-    z = gan.noise(1000)
-    gan.sample(z[:100])
+    z, y = gan.noise(1000), gan.labels(1000)
+    gan.sample(z[:100], None if y is None else y[:100])
     t0 = time.perf_counter()
-    gan.sample(z)
+    gan.sample(z, y)
     sample_ips = len(z) / (time.perf_counter() - t0)
     peak = matmul_gflops(threads, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     return {
@@ -93,6 +93,10 @@ def main() -> None:
         print(json.dumps(measure(args.presets[0], args.threads[0], args.repeats, args.window,
                                  args.precision[0])))
         return
+    head = ("| preset | batch | precision | threads | train it/s | train img/s | sample img/s | "
+            "GFLOP/step | GFLOP/s | matmul GFLOP/s | of peak | peak RSS MB |")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1), flush=True)
     rows = []
     for preset in args.presets:
         for precision in args.precision:
@@ -102,17 +106,13 @@ def main() -> None:
                      str(threads), "--repeats", str(args.repeats), "--window", str(args.window),
                      "--precision", precision],
                     capture_output=True, text=True, check=True, env=os.environ.copy())
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"  measured {preset} {precision} threads={threads}", file=sys.stderr)
-    head = ("| preset | batch | precision | threads | train it/s | train img/s | sample img/s | "
-            "GFLOP/step | GFLOP/s | matmul GFLOP/s | of peak | peak RSS MB |")
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
-    for r in rows:
-        print(f"| {r['preset']} | {r['batch']} | {r['precision']} | {r['threads']} | {r['it_s']:.1f} | "
-              f"{r['img_s']:.0f} | {r['sample_img_s']:.0f} | {r['gflop_step']:.3f} | "
-              f"{r['gflops']:.1f} | {r['matmul_gflops']:.0f} | "
-              f"{100 * r['gflops'] / r['matmul_gflops']:.0f}% | {r['peak_rss_mb']:.0f} |")
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(r)
+                print(f"| {r['preset']} | {r['batch']} | {r['precision']} | {r['threads']} | "
+                      f"{r['it_s']:.1f} | {r['img_s']:.0f} | {r['sample_img_s']:.0f} | "
+                      f"{r['gflop_step']:.3f} | {r['gflops']:.1f} | {r['matmul_gflops']:.0f} | "
+                      f"{100 * r['gflops'] / r['matmul_gflops']:.0f}% | {r['peak_rss_mb']:.0f} |",
+                      flush=True)
     print(f"\nmedian of {args.repeats} windows of {args.window:.0f} s each; torch "
           f"{torch.__version__}; timed windows per row: "
           + "; ".join(f"{r['preset']}/{r['precision']}/{r['threads']}t {r['runs']}" for r in rows))

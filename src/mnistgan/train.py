@@ -182,7 +182,7 @@ class GAN:
         if t.instance_noise:
             images = images + t.instance_noise * torch.randn_like(images)
         with self.autocast():
-            logits = (net or self.D)(images, y)
+            logits = (self.D if net is None else net)(images, y)
         return logits.float()
 
     def r1_penalty(self, real: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
