@@ -173,3 +173,18 @@ def test_conditional_accuracy_counts_agreement_with_the_asked_digit(mnist_dir):
     wrong = evaluate_images(images[:200], labels=(labels[:200] + 1) % 10, names=["classes"])
     assert right["conditional_accuracy"] > 0.97 and wrong["conditional_accuracy"] < 0.03
     assert math.isfinite(right["class_entropy"])
+
+
+def test_ema_decay_ramps_up_from_the_first_updates():
+    from mnistgan.train import ema_with_warmup
+
+    update = ema_with_warmup(0.999)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    update(averaged, current, torch.tensor(0))  # decay (1 + 0) / (10 + 0) = 0.1
+    assert torch.allclose(averaged[0], torch.full((3,), 0.9))
+    counter = [torch.tensor(5)]
+    update(counter, [torch.tensor(6)], torch.tensor(1_000_000))  # integers are copied
+    assert counter[0].item() == 6
+    late = [torch.zeros(1)]
+    update(late, [torch.ones(1)], torch.tensor(1_000_000))  # decay capped at 0.999
+    assert late[0].item() == pytest.approx(0.001)
