@@ -4,7 +4,8 @@ efficiency (images/s with N processes / (N x images/s with one)).
 Each measurement is a real `mnistgan train` run through torchrun (gloo on CPU) of --steps
 steps at the preset's batch size per process, timed by the trainer itself (the "images/s" of
 its last line, which leaves out start-up); the median of --repeats runs is reported. One
-process uses all --threads; N processes get threads / N each (at least one), so every row
+process gets all --threads as OMP_NUM_THREADS, N processes threads / N each (at least one; a
+preset that sets train.threads, like seed-001, uses its own count), so every row
 uses the same cores.
 
     python benchmarks/scaling.py --presets seed-001 seed-000 --procs 1 2 --steps 300 --repeats 3
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    print("| preset | processes | threads each | images/s (median) | efficiency | runs |")
+    print("| preset | processes | OMP_NUM_THREADS each | images/s (median) | efficiency | runs |")
     print("|---|---|---|---|---|---|")
     for preset in args.presets:
         base = None
