@@ -1,0 +1,279 @@
+"""The tutorials' own Keras training loop beside ours: same architecture, batch and data, one run.
+
+For each seed preset the Keras side builds the tutorial's models layer for layer from the
+preset's values (a parameter count check against our networks guards that they match) and
+runs the iteration as the texts write it: `generator.predict(noise)` for the fakes,
+`discriminator.train_on_batch` on real and fake (two calls, or one on the mixed batch for
+text 004), then `gan.train_on_batch(noise, ones)` on the stacked model with D frozen. Our
+side times `GAN.train_step()` with the preset as shipped (its own thread count and, for a
+second row on the conv presets, `--precision bf16` autocast).
+
+Method: each measurement runs in its own subprocess, so TensorFlow and PyTorch never share a
+process, and the two sides take turns (Keras, ours, Keras, ours, ...) with the machine to
+themselves; warm-up iterations (Keras's tracing included) are excluded; each of --repeats
+windows lasts --seconds; the table gives medians and the ratio of medians. Keras runs with its
+defaults (all cores). Needs the optional extra: `pip install -e '.[bench-keras]'`.
+
+    MNISTGAN_DATA=../shared/data/mnist python benchmarks/vs_keras.py --repeats 5 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+PRESETS = ["seed-000", "seed-001", "seed-002", "seed-004"]
+
+
+def timed(step: Any, seconds: float, warmup: int) -> float:
+    """Iterations per second of `step()` over one window, after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while n < 2 or time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+# -- the Keras side -------------------------------------------------------------------------
+
+
+def keras_models(config: Any) -> tuple[Any, Any, Any]:
+    """G, D (compiled) and the stacked GAN (compiled, D frozen), as the tutorials build them."""
+    import keras
+    from keras import layers
+
+    def act(name: str, slope: float) -> Any:
+        return layers.LeakyReLU(negative_slope=slope) if name == "leaky_relu" else layers.Activation(name)
+
+    g, d, t = config.generator, config.discriminator, config.train
+    G = keras.Sequential([keras.Input((config.noise.dim,))])
+    if g.arch == "mlp":
+        for h in g.hidden:
+            G.add(layers.Dense(h))
+            if g.batch_norm and not g.bn_after_activation:
+                G.add(layers.BatchNormalization(momentum=g.bn_momentum, epsilon=g.bn_eps))
+            G.add(act(g.activation, g.slope))
+            if g.batch_norm and g.bn_after_activation:
+                G.add(layers.BatchNormalization(momentum=g.bn_momentum, epsilon=g.bn_eps))
+        G.add(layers.Dense(784, activation=g.output))
+        G.add(layers.Reshape((28, 28, 1)))
+    else:
+        G.add(layers.Dense(g.start_channels * g.start_size**2))
+        if g.batch_norm:
+            G.add(layers.BatchNormalization(momentum=g.bn_momentum, epsilon=g.bn_eps))
+        G.add(act(g.activation, g.slope))
+        G.add(layers.Reshape((g.start_size, g.start_size, g.start_channels)))
+        if g.dropout:
+            G.add(layers.Dropout(g.dropout))
+        for ch, k, up in zip(g.channels, g.kernels, g.upsample, strict=True):
+            if up:
+                G.add(layers.UpSampling2D())
+            G.add(layers.Conv2D(ch, k, padding="same"))
+            if g.batch_norm:
+                G.add(layers.BatchNormalization(momentum=g.bn_momentum, epsilon=g.bn_eps))
+            G.add(act(g.activation, g.slope))
+            if g.dropout:
+                G.add(layers.Dropout(g.dropout))
+        G.add(layers.Conv2D(1, g.out_kernel, padding="same", activation=g.output))
+
+    D = keras.Sequential([keras.Input((28, 28, 1))])
+    if d.arch == "conv":
+        for ch in d.channels:
+            D.add(layers.Conv2D(ch, d.kernel, strides=d.stride, padding="same"))
+            if d.batch_norm:
+                D.add(layers.BatchNormalization(momentum=d.bn_momentum, epsilon=d.bn_eps))
+            D.add(act(d.activation, d.slope))
+            if d.dropout:
+                D.add(layers.Dropout(d.dropout))
+    D.add(layers.Flatten())
+    hidden_act = d.hidden_activation if d.arch == "conv" else d.activation
+    for h in d.hidden:
+        D.add(layers.Dense(h))
+        D.add(act(hidden_act, d.slope))
+        if d.dropout:
+            D.add(layers.Dropout(d.dropout))
+    softmax = d.head == "softmax2"
+    D.add(layers.Dense(2 if softmax else 1, activation="softmax" if softmax else "sigmoid"))
+    loss = "categorical_crossentropy" if softmax else "binary_crossentropy"
+    D.compile(keras.optimizers.Adam(t.d_lr, *t.d_betas, epsilon=t.adam_eps), loss=loss)
+    gan = keras.Sequential([G, D])
+    gan.compile(keras.optimizers.Adam(t.g_lr, *t.g_betas, epsilon=t.adam_eps), loss=loss)
+    return G, D, gan
+
+
+def keras_rates(preset: str, repeats: int, seconds: float) -> dict:
+    import numpy as np
+
+    from mnistgan import load_config
+    from mnistgan.data import load_split
+
+    config = load_config(preset)
+    t = config.train
+    images, labels = load_split("mnist", "train")
+    if config.data.digits:
+        images = images[np.isin(labels.numpy(), config.data.digits)]
+    x = images.numpy().astype("float32")[..., None]
+    x = (x - 127.5) / 127.5 if config.data.value_range == "tanh" else x / 255.0
+    G, D, gan = keras_models(config)
+
+    def trainable(model: Any) -> int:  # batch norm's moving statistics are not parameters
+        D.trainable = True
+        count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        D.trainable = False
+        return count
+    rng = np.random.default_rng(0)
+    n = t.batch_size // 2 if t.d_batch == "half" else t.batch_size
+    softmax = config.discriminator.head == "softmax2"
+
+    def targets(real: bool, count: int) -> Any:
+        if not softmax:
+            return np.full((count, 1), 1.0 - t.label_smoothing if real else 0.0, "float32")
+        y = np.zeros((count, 2), "float32")
+        y[:, config.discriminator.real_index if real else 1 - config.discriminator.real_index] = 1
+        return y
+
+    g_targets = targets(True, t.batch_size)
+    if not softmax:
+        g_targets = np.ones_like(g_targets)
+
+    def noise(count: int) -> Any:
+        if config.noise.dist == "normal":
+            return rng.standard_normal((count, config.noise.dim)).astype("float32")
+        return rng.uniform(-1, 1, (count, config.noise.dim)).astype("float32")
+
+    def step() -> None:
+        real = x[rng.integers(0, len(x), n)]
+        z = noise(n)
+        fake = G.predict(z, verbose=0)
+        # The texts freeze D once, and the Keras of their time fixed that at compile time.
+        # Keras 3 reads `trainable` at each call instead, so it is set around each call: D
+        # learns in its own step and stays frozen in the stacked model's (checked below).
+        D.trainable = True
+        if t.d_update == "separate":
+            D.train_on_batch(real, targets(True, n))
+            D.train_on_batch(fake, targets(False, n))
+        else:
+            D.train_on_batch(np.concatenate([real, fake]),
+                             np.concatenate([targets(True, n), targets(False, n)]))
+        D.trainable = False
+        z_g = z if t.g_noise == "reuse" else noise(t.batch_size)
+        gan.train_on_batch(z_g, g_targets[: len(z_g)])  # "real" labels, no smoothing
+
+    def weights() -> list[Any]:
+        return [w.copy() for w in D.get_weights()]
+
+    rates = [timed(step, seconds, 5 if i == 0 else 1) for i in range(repeats)]
+    before = weights()
+    D.trainable = True
+    D.train_on_batch(x[:n], targets(True, n))
+    D.trainable = False
+    after_d = weights()
+    gan.train_on_batch(noise(t.batch_size), g_targets)
+    d_learns = any(not np.array_equal(a, b) for a, b in zip(before, after_d, strict=True))
+    frozen = all(np.array_equal(a, b) for a, b in zip(after_d, weights(), strict=True))
+    return {"rates": rates, "params_g": trainable(G), "params_d": trainable(D),
+            "d_updated": d_learns and frozen}
+
+
+# -- our side -------------------------------------------------------------------------------
+
+
+def ours_rates(preset: str, repeats: int, seconds: float, precision: str) -> dict:
+    import torch
+
+    from mnistgan import load_config
+    from mnistgan.data import ImageBank
+    from mnistgan.train import GAN
+
+    config = load_config(preset, [f"train.precision={precision}"])
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits,
+                          config.data.value_range)
+    gan = GAN(config, data, torch.device("cpu"))
+    rates = [timed(gan.train_step, seconds, 5 if i == 0 else 1) for i in range(repeats)]
+    count = sum(p.numel() for p in gan.G.parameters()), sum(p.numel() for p in gan.D.parameters())
+    return {"rates": rates, "params_g": count[0], "params_d": count[1],
+            "threads": torch.get_num_threads()}
+
+
+# -- driver ---------------------------------------------------------------------------------
+
+
+def run_one(side: str, preset: str, repeats: int, seconds: float) -> dict:
+    command = [sys.executable, __file__, "--one", side, "--presets", preset, "--repeats",
+               str(repeats), "--seconds", str(seconds)]
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"vs_keras: {side} on {preset} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=PRESETS, choices=PRESETS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternations of the two sides; each round runs --repeats windows")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        side, preset = args.one, args.presets[0]
+        if side == "keras":
+            result = keras_rates(preset, args.repeats, args.seconds)
+        else:
+            result = ours_rates(preset, args.repeats, args.seconds, side.split(":")[1])
+        print(json.dumps(result))
+        return
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        print("vs_keras: TensorFlow is not installed: pip install -e '.[bench-keras]'", file=sys.stderr)
+        raise SystemExit(2) from None
+    print("| preset | batch | Keras it/s | ours fp32 it/s (threads) | ratio | ours bf16 it/s | ratio | "
+          "params G / D (both) | Keras: D learns, frozen in stack |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    results = {}
+    for preset in args.presets:
+        sides = ["keras", "ours:fp32"] + (["ours:bf16"] if preset in ("seed-000", "seed-004") else [])
+        runs: dict[str, list[dict]] = {s: [] for s in sides}
+        for _ in range(args.rounds):
+            for side in sides:
+                runs[side].append(run_one(side, preset, args.repeats, args.seconds))
+        med = {s: statistics.median(r for one in runs[s] for r in one["rates"]) for s in sides}
+        k, o = runs["keras"][0], runs["ours:fp32"][0]
+        if (k["params_g"], k["params_d"]) != (o["params_g"], o["params_d"]):
+            raise SystemExit(f"vs_keras: {preset}: Keras has {k['params_g']}/{k['params_d']} "
+                             f"parameters, ours {o['params_g']}/{o['params_d']}: not the same models")
+        from mnistgan import load_config
+
+        batch = load_config(preset).train.batch_size
+        bf16 = (f"{med['ours:bf16']:.2f} | {med['ours:bf16'] / med['keras']:.2f}×"
+                if "ours:bf16" in med else "- | -")
+        print(f"| {preset} | {batch} | {med['keras']:.2f} | {med['ours:fp32']:.2f} ({o['threads']}) | "
+              f"{med['ours:fp32'] / med['keras']:.2f}× | {bf16} | {o['params_g']:,} / {o['params_d']:,} | "
+              f"{'yes' if k['d_updated'] else 'no'} |", flush=True)
+        results[preset] = {"median_it_s": med, "runs": runs}
+    import tensorflow as tf
+    import torch
+
+    print(f"\nmedians of {args.rounds} × {args.repeats} windows of {args.seconds:g} s per side, "
+          f"sides alternating; TensorFlow {tf.__version__}, PyTorch {torch.__version__}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
