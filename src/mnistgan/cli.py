@@ -119,6 +119,10 @@ def build_parser() -> Parser:
     c.add_argument("--data-dir", help="folder with the MNIST IDX files")
     c.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("export", help="write a run's generator as an ONNX model")
+    p.add_argument("weights", help="run folder or generator .safetensors file")
+    p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="the .onnx file to write")
+
     p = sub.add_parser("presets", help="list the presets, or show one")
     p.add_argument("--show", metavar="NAME", help="print this preset's resolved config")
     return parser
@@ -249,6 +253,13 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    print(f"wrote {export_onnx(args.weights, args.onnx)}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.show:
         print(load_config(args.show).to_json())
@@ -273,7 +284,8 @@ def report(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets,
-               "classifier": cmd_classifier, "evaluate": cmd_evaluate}[args.command]
+               "classifier": cmd_classifier, "evaluate": cmd_evaluate,
+               "export": cmd_export}[args.command]
     try:
         return handler(args)
     except UserError as exc:

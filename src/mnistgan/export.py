@@ -1,0 +1,64 @@
+"""The generator as an ONNX model, for serving it without PyTorch.
+
+Inputs: `z` float32 (N, noise dim) and, for class-conditional generators, `labels` int64 (N,)
+holding digits 0-9; output: `images` float32 (N, 1, 28, 28) in the generator's own range
+([-1, 1] for tanh, [0, 1] for sigmoid). The batch dimension is dynamic.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .generate import load_generator
+
+
+class _WithLabels(nn.Module):
+    """A fixed signature for the exporter: (z, labels) for conditional generators."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.net(z, labels)
+
+
+def export_onnx(source: str | Path, path: str | Path) -> Path:
+    """Write the generator of a run folder or weights file as ONNX to `path`."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UserError("ONNX export needs the onnx package: pip install 'mnistgan[onnx]'") from None
+    gen = load_generator(source)
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise UserError(f"--onnx {path}: give a file name ending in .onnx")
+    if not path.parent.is_dir():
+        raise UserError(f"--onnx {path}: the folder {path.parent} does not exist; create it first")
+    z = torch.zeros(2, gen.config.noise.dim)
+    conditional = bool(gen.classes)
+    # Wrapper in eval mode: the exporter puts the top module back in its own mode afterwards.
+    module = (_WithLabels(gen.net) if conditional else gen.net).eval()
+    args = (z, torch.zeros(2, dtype=torch.long)) if conditional else (z,)
+    names = ["z", "labels"] if conditional else ["z"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
+            # onnxscript; for these small feed-forward graphs both give the same model.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(tmp), input_names=names, output_names=["images"],
+                              dynamic_axes={n: {0: "batch"} for n in [*names, "images"]},
+                              dynamo=False)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({exc.strerror}): choose a writable folder") from None
+    finally:
+        gen.net.eval()
+    return path

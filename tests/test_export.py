@@ -1,0 +1,51 @@
+"""`mnistgan export RUN --onnx FILE`: the generator in onnxruntime matches PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+
+from mnistgan import load_config, load_generator, train
+from mnistgan.cli import main
+
+ort = pytest.importorskip("onnxruntime")
+
+TINY = ["train.steps=2", "train.log_every=1", "train.sample_every=1000", "train.grid_size=4"]
+
+
+@pytest.mark.parametrize("preset, extra", [
+    ("seed-002", ["train.batch_size=8"]),  # MLP
+    ("seed-000", ["train.batch_size=8"]),  # upsampling convs, batch norm, dropout
+    ("best", ["train.batch_size=8"]),      # class-conditional: a labels input
+])
+def test_onnx_matches_pytorch_for_any_batch(preset, extra, tmp_path, mnist_dir):
+    run = train(load_config(preset, [*TINY, *extra]), out=tmp_path / "run", progress=False).run_dir
+    onnx_file = tmp_path / "g.onnx"
+    assert main(["export", str(run), "--onnx", str(onnx_file)]) == 0
+    gen = load_generator(run)
+    session = ort.InferenceSession(str(onnx_file))
+    assert [i.name for i in session.get_inputs()] == (["z", "labels"] if gen.classes else ["z"])
+    for n in (1, 7):
+        z = gen.noise(n, seed=n)
+        labels = gen.labels(n)
+        feed = {"z": z.numpy()} | ({"labels": labels.numpy()} if labels is not None else {})
+        (images,) = session.run(None, feed)
+        with torch.inference_mode():
+            expected = gen.net(z, labels).numpy()
+        assert images.shape == (n, 1, 28, 28)
+        assert np.abs(images - expected).max() < 1e-4
+
+
+def test_export_refuses_bad_requests_in_one_line(tmp_path, mnist_dir, capsys):
+    run = train(load_config("seed-002", [*TINY, "train.batch_size=8"]), out=tmp_path / "run",
+                progress=False).run_dir
+    cases = [
+        ([str(run / "discriminator.safetensors"), "--onnx", str(tmp_path / "d.onnx")], "not a generator"),
+        ([str(run), "--onnx", str(tmp_path / "g.txt")], "ending in .onnx"),
+        ([str(run), "--onnx", str(tmp_path / "no" / "such" / "g.onnx")], "does not exist"),
+        ([str(tmp_path / "missing"), "--onnx", str(tmp_path / "g.onnx")], "does not exist"),
+    ]
+    for args, words in cases:
+        assert main(["export", *args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob("*.onnx"))
