@@ -123,6 +123,10 @@ def build_parser() -> Parser:
     p.add_argument("weights", help="run folder or generator .safetensors file")
     p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="the .onnx file to write")
 
+    p = sub.add_parser("report", help="one HTML page comparing run folders side by side")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="default report.html")
+
     p = sub.add_parser("presets", help="list the presets, or show one")
     p.add_argument("--show", metavar="NAME", help="print this preset's resolved config")
     return parser
@@ -260,6 +264,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.runs, args.out)}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.show:
         print(load_config(args.show).to_json())
@@ -285,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets,
                "classifier": cmd_classifier, "evaluate": cmd_evaluate,
-               "export": cmd_export}[args.command]
+               "export": cmd_export, "report": cmd_report}[args.command]
     try:
         return handler(args)
     except UserError as exc:

@@ -1,0 +1,119 @@
+"""One self-contained HTML page comparing run folders side by side.
+
+Everything is embedded (images as data URIs, no scripts, no external assets), so the page can
+be mailed or archived as one file. For each run: its final sample grid, its progress GIF, its
+loss curves, its last metric row (and RUN/eval.json if `mnistgan evaluate --json` wrote one);
+above them, the config keys whose values differ between the runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write
+from .errors import UserError
+from .run import read_metrics
+
+METRICS = ("step", "epoch", "d_loss", "g_loss", "d_acc_real", "d_acc_fake", "fid", "kid",
+           "precision", "recall", "class_entropy", "conditional_accuracy", "wall_s")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"seed": 0}} -> {"train.seed": 0}"""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, name + ".")
+        else:
+            out[name] = value
+    return out
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{path} is not an mnistgan run folder (no config.json): give run folders")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{config_file} is not valid JSON: restore it or leave the run out") from None
+    rows = read_metrics(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else []
+    grids = sorted((path / "samples").glob("step_*.png"))
+    evaluation = None
+    if (path / "eval.json").is_file():
+        evaluation = json.loads((path / "eval.json").read_text(encoding="utf-8")).get("generated")
+    return {"path": path, "config": flatten(config), "last": rows[-1] if rows else {},
+            "grid": grids[-1] if grids else None, "gif": path / "progress.gif",
+            "losses": path / "losses.png", "eval": evaluation}
+
+
+def _image(path: Path | None, mime: str, alt: str) -> str:
+    if path is None or not path.is_file():
+        return f"<p class=missing>no {html.escape(alt)}</p>"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
+
+
+def _cell(value: Any) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(
+        value, (list, dict, bool)) or value is None else str(value)
+    return f"<td>{html.escape(text)}</td>"
+
+
+def write_report(runs: list[str | Path], out: str | Path) -> Path:
+    """Compare `runs` on one HTML page written to `out`."""
+    if not runs:
+        raise UserError("give at least one run folder to report on")
+    items = [_read_run(Path(r)) for r in runs]
+    names = [html.escape(str(r["path"])) for r in items]
+    keys = sorted(set().union(*(r["config"] for r in items)))
+    differing = [k for k in keys if len({json.dumps(r["config"].get(k)) for r in items}) > 1]
+
+    def table(rows: list[str], title: str) -> str:
+        head = "".join(f"<th>{n}</th>" for n in names)
+        return (f"<table><caption>{title}</caption><tr><th>key</th>{head}</tr>"
+                + "".join(rows) + "</table>")
+
+    def config_rows(which: list[str]) -> list[str]:
+        return [f"<tr><th>{html.escape(k)}</th>" + "".join(_cell(r["config"].get(k)) for r in items)
+                + "</tr>" for k in which]
+
+    metric_keys = [k for k in METRICS if any(k in r["last"] for r in items)]
+    metric_rows = [f"<tr><th>{k}</th>" + "".join(_cell(r["last"].get(k, "")) for r in items) + "</tr>"
+                   for k in metric_keys]
+    eval_keys = sorted(set().union(*((r["eval"] or {}) for r in items)))
+    eval_rows = [f"<tr><th>{html.escape(k)}</th>" + "".join(_cell((r["eval"] or {}).get(k, ""))
+                                                             for r in items) + "</tr>" for k in eval_keys]
+    columns = "".join(
+        f"<div class=run><h2>{name}</h2>{_image(r['grid'], 'image/png', 'final sample grid')}"
+        f"{_image(r['gif'], 'image/gif', 'progress GIF')}"
+        f"{_image(r['losses'], 'image/png', 'loss curves')}</div>"
+        for name, r in zip(names, items, strict=True))
+    same = "<p>The configs are identical.</p>"
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mnistgan report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} caption {{ text-align: left; font-weight: bold; }}
+td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; font-size: 90%; }}
+.runs {{ display: flex; gap: 2em; flex-wrap: wrap; }}
+.run img {{ display: block; max-width: 420px; margin: 0.5em 0; }}
+.missing {{ color: #999; }}
+</style></head><body>
+<h1>mnistgan: {len(items)} run{'s' if len(items) > 1 else ''}</h1>
+{table(config_rows(differing), "config keys that differ") if differing else same}
+{table(metric_rows, "last logged metrics") if metric_rows else ""}
+{table(eval_rows, "mnistgan evaluate (RUN/eval.json)") if eval_rows else ""}
+<div class=runs>{columns}</div>
+<details><summary>every config key</summary>{table(config_rows(keys), "full configs")}</details>
+</body></html>
+"""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    return atomic_write(out, page.encode("utf-8"))
