@@ -127,6 +127,12 @@ def build_parser() -> Parser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="default report.html")
 
+    p = sub.add_parser("serve", help="a web page to play with a trained generator")
+    p.add_argument("weights", help="run folder or generator .safetensors file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+
     p = sub.add_parser("presets", help="list the presets, or show one")
     p.add_argument("--show", metavar="NAME", help="print this preset's resolved config")
     return parser
@@ -271,6 +277,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import serve
+    except ImportError:
+        raise UserError("mnistgan serve needs FastAPI and uvicorn: "
+                        "pip install 'mnistgan[serve]'") from None
+    serve(args.weights, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.show:
         print(load_config(args.show).to_json())
@@ -296,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets,
                "classifier": cmd_classifier, "evaluate": cmd_evaluate,
-               "export": cmd_export, "report": cmd_report}[args.command]
+               "export": cmd_export, "report": cmd_report, "serve": cmd_serve}[args.command]
     try:
         return handler(args)
     except UserError as exc:

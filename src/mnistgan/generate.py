@@ -14,7 +14,7 @@ from .config import Config
 from .data import to_uint8
 from .errors import UserError
 from .models import build_generator
-from .noise import DISTRIBUTIONS, sample_noise
+from .noise import DISTRIBUTIONS, interpolate, sample_noise
 
 # Images per forward pass when sampling: text 004's generator holds 200 channels at 28x28
 # (0.6 MB an image per layer), so larger chunks cost memory and gain no speed.
@@ -77,6 +77,19 @@ class TrainedGenerator:
         digit (else it makes its digits in turn)."""
         labels = self.labels(n, digit)
         return self.decode(self.noise(n, seed, noise), labels)
+
+    def interpolation(self, seed_a: int, seed_b: int, steps: int = 16, noise: str | None = None,
+                      digit: int | None = None) -> np.ndarray:
+        """`steps` images (uint8, (steps, 28, 28)) on a path through latent space from the
+        first image of `sample(seed=seed_a)` to that of `sample(seed=seed_b)`. A conditional
+        model keeps one digit all the way: `digit`, or by default its first digit."""
+        if steps < 2:
+            raise UserError(f"steps {steps}: an interpolation needs at least 2 frames")
+        path = interpolate(self.noise(1, seed_a, noise)[0], self.noise(1, seed_b, noise)[0],
+                           steps, noise or self.config.noise.dist)
+        if self.classes and digit is None:
+            digit = self.classes[0]
+        return self.decode(path, self.labels(steps, digit))
 
 
 def weights_path(path: str | Path) -> Path:

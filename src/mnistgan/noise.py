@@ -37,3 +37,20 @@ def sample_noise(
         u = torch.rand((2, *shape), generator=generator, device=device)
         return centre + radius * u[0].sqrt() * torch.cos(2 * math.pi * u[1])
     raise ValueError(f"unknown noise distribution {config.dist!r}")  # config validation prevents
+
+
+def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int, dist: str) -> torch.Tensor:
+    """`steps` latent vectors from `start` to `end` (both (dim,)), ends included.
+
+    Normal noise is walked along the great circle (slerp): a straight line through a
+    high-dimensional Gaussian passes near the origin, where no training sample ever lay, and
+    the images fade out midway. Uniform and semicircle noise have bounded, convex supports, so
+    the straight line stays where the generator was trained."""
+    t = torch.linspace(0, 1, steps, device=start.device).unsqueeze(1)
+    if dist == "normal":
+        cos = torch.dot(start, end) / (start.norm() * end.norm()).clamp_min(1e-12)
+        omega = torch.arccos(cos.clamp(-1.0, 1.0))
+        if omega.abs() > 1e-4:
+            s = torch.sin(omega)
+            return (torch.sin((1 - t) * omega) / s) * start + (torch.sin(t * omega) / s) * end
+    return (1 - t) * start + t * end

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
+    "encode_gif",
+    "encode_grid",
     "image_grid",
     "plot_losses",
     "save_comparison",
@@ -77,13 +79,20 @@ def image_grid(
     return np.pad(grid, ((0, p), (0, p)), constant_values=pad_value)
 
 
+def encode_grid(images: np.ndarray, nrow: int | None = None, scale: int = 2) -> bytes:
+    """`image_grid(images, nrow)` as greyscale PNG bytes, upscaled `scale` times with
+    nearest-neighbour so 28-pixel digits stay sharp and visible."""
+    image = _upscale(Image.fromarray(image_grid(images, nrow=nrow)), scale)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_grid(
     images: np.ndarray, path: str | Path, nrow: int | None = None, scale: int = 2
 ) -> Path:
-    """Write `image_grid(images, nrow)` as a greyscale PNG, upscaled `scale` times with
-    nearest-neighbour so 28-pixel digits stay sharp and visible. Returns the path."""
-    image = _upscale(Image.fromarray(image_grid(images, nrow=nrow)), scale)
-    return _save_image(image, path, "PNG")
+    """Write `encode_grid(images, nrow, scale)` to `path`. Returns the path."""
+    return atomic_write(path, encode_grid(images, nrow=nrow, scale=scale))
 
 
 def save_gif(
@@ -93,12 +102,24 @@ def save_gif(
     loop: int = 0,
     captions: Sequence[str] | None = None,
 ) -> Path:
-    """Animate grids over training into a GIF.
+    """Write `encode_gif(...)` (grids over training, say) to `path`. Returns the path."""
+    return atomic_write(path, encode_gif(frames, duration_ms, loop, captions))
+
+
+def encode_gif(
+    frames: Sequence[np.ndarray | str | Path],
+    duration_ms: int = 300,
+    loop: int = 0,
+    captions: Sequence[str] | None = None,
+    hold_last: bool = True,
+) -> bytes:
+    """Animate frames into GIF bytes.
 
     `frames` are uint8 2-D arrays or paths of images (e.g. the PNGs `save_grid` wrote); any
     frame whose size differs from the first is resized to it. With `captions`, one string per
     frame (e.g. ``"step 500"``) is drawn in a band above it. Each frame shows for
-    `duration_ms`, the last one three times as long; `loop` 0 repeats forever.
+    `duration_ms`, the last one three times as long unless `hold_last` is false (an animation
+    that loops back and forth should not pause at one end); `loop` 0 repeats forever.
 
     Pillow merges consecutive identical frames into one longer frame, so the file can hold
     fewer frames than given while playing for the same total time.
@@ -121,11 +142,12 @@ def save_gif(
         images = [_with_title(im, str(text), font, band, fill=0, ink=255)
                   for im, text in zip(images, captions, strict=True)]
 
-    durations = [duration_ms] * (len(images) - 1) + [duration_ms * LAST_FRAME_HOLD]
+    last = duration_ms * (LAST_FRAME_HOLD if hold_last else 1)
+    durations = [duration_ms] * (len(images) - 1) + [last]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
                    duration=durations, loop=loop)
-    return atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def plot_losses(rows: Sequence[Mapping[str, float]], path: str | Path, title: str = "") -> Path:

@@ -1,0 +1,100 @@
+// The demo page: controls -> query string -> the API; an API error is shown as it is sent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_SEED = 2 ** 31;
+let gridUrl = null;
+let walkUrl = null;
+let walkSeed = 1;
+// Each change of the controls starts a request; only the latest one's answer is shown, so a
+// slow earlier answer can never overwrite a newer one.
+const latest = { grid: 0, walk: 0 };
+
+function params() {
+  const p = new URLSearchParams({ n: $("count").value, seed: $("seed").value.trim(), noise: $("noise").value });
+  if ($("digit").value !== "") p.set("digit", $("digit").value);
+  return p;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+// Fetch an image for `img` (its `latest` slot named by `slot`): the image's object URL, or
+// null once the error is shown, or undefined if a newer request has superseded this one.
+async function load(url, slot) {
+  const ticket = ++latest[slot];
+  let response, body;
+  try {
+    response = await fetch(url);
+    body = response.ok ? await response.blob() : await response.text();
+  } catch (e) {
+    body = null;
+  }
+  if (ticket !== latest[slot]) return undefined;
+  if (body === null) {
+    showError("the server did not answer: is `mnistgan serve` still running?");
+    return null;
+  }
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = JSON.parse(body).error || message; } catch (e) { /* not JSON */ }
+    showError(message);
+    return null;
+  }
+  showError("");
+  return URL.createObjectURL(body);
+}
+
+function swap(img, url, previous) {
+  img.src = url;
+  if (previous) URL.revokeObjectURL(previous);
+  return url;
+}
+
+async function update() {
+  const p = params();
+  const url = await load(`/api/grid.png?${p}`, "grid");
+  if (!url) return;
+  gridUrl = swap($("grid"), url, gridUrl);
+  $("download").href = url;
+  $("download").download = `mnistgan-seed${p.get("seed")}.png`;
+  $("download").setAttribute("aria-disabled", "false");
+  await updateWalk();
+}
+
+async function updateWalk() {
+  const p = params();
+  const q = new URLSearchParams({ seed_a: p.get("seed"), seed_b: walkSeed, noise: p.get("noise"), scale: 1 });
+  if (p.has("digit")) q.set("digit", p.get("digit"));
+  const url = await load(`/api/interpolation.gif?${q}`, "walk");
+  if (url) walkUrl = swap($("walk"), url, walkUrl);
+}
+
+const randomSeed = () => Math.floor(Math.random() * MAX_SEED);
+
+async function start() {
+  const info = await (await fetch("/api/info")).json();
+  $("model").textContent = `${info.name}: preset ${info.preset}` +
+    (info.conditional ? `, class-conditional (digits ${info.classes.join(", ")})` : "") +
+    ` · trained on ${info.noise} noise`;
+  $("count").max = info.max_count;
+  for (const name of info.noises) $("noise").add(new Option(name + (name === info.noise ? " (trained)" : ""), name));
+  $("noise").value = info.noise;
+  if (info.conditional) {
+    for (const d of info.classes) $("digit").add(new Option(String(d), String(d)));
+    $("digit-label").hidden = false;
+  }
+  for (const id of ["count", "seed", "noise", "digit"]) $(id).addEventListener("change", update);
+  $("controls").addEventListener("submit", (e) => { e.preventDefault(); update(); });
+  $("reroll").addEventListener("click", () => { $("seed").value = randomSeed(); update(); });
+  $("new-walk").addEventListener("click", () => { walkSeed = randomSeed(); updateWalk(); });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "r" && !(e.target instanceof HTMLInputElement)) $("reroll").click();
+  });
+  await update();
+  document.body.dataset.ready = "true";
+}
+
+start();

@@ -1,0 +1,246 @@
+"""`mnistgan serve`: the API's answers and refusals, and the page driven in a real browser."""
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnistgan import load_config, load_generator, train
+from mnistgan.cli import main
+from mnistgan.config import NoiseConfig
+from mnistgan.noise import interpolate, sample_noise
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mnistgan.serve import MAX_COUNT, create_app  # noqa: E402
+
+TINY = ["train.batch_size=8", "train.steps=2", "train.log_every=1", "train.sample_every=1000",
+        "train.grid_size=4"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, mnist_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    return {preset: train(load_config(preset, TINY), out=root / preset, progress=False).run_dir
+            for preset in ("best", "seed-002")}
+
+
+@pytest.fixture(scope="module")
+def client(runs) -> TestClient:
+    return TestClient(create_app(runs["best"]))
+
+
+def png(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def test_info_describes_the_model(client):
+    info = client.get("/api/info").json()
+    assert info["preset"] == "best" and info["conditional"] is True
+    assert info["classes"] == list(range(10)) and info["noise"] == "normal"
+    assert info["noises"] == ["normal", "uniform", "semicircle"] and info["max_count"] == MAX_COUNT
+
+
+def test_grid_is_the_generators_own_samples(client, runs):
+    grid = png(client.get("/api/grid.png", params={"n": 4, "seed": 3, "digit": 7, "scale": 1}))
+    assert grid.shape == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
+    expected = load_generator(runs["best"]).sample(4, seed=3, digit=7)
+    assert np.array_equal(grid[2:30, 2:30], expected[0])
+    assert np.array_equal(grid[32:60, 32:60], expected[3])
+    again = png(client.get("/api/grid.png", params={"n": 4, "seed": 3, "digit": 7, "scale": 1}))
+    assert np.array_equal(grid, again)
+    for other in ({"seed": 4, "digit": 7}, {"seed": 3, "digit": 2},
+                  {"seed": 3, "digit": 7, "noise": "uniform"}):
+        changed = client.get("/api/grid.png", params={"n": 4, "scale": 1, **other})
+        assert not np.array_equal(grid, png(changed))
+    assert png(client.get("/api/grid.png", params={"n": 4, "scale": 3})).shape == (3 * 62, 3 * 62)
+
+
+def test_samples_as_json(client):
+    body = client.get("/api/samples", params={"n": 3, "seed": 1, "digit": 5}).json()
+    images = np.array(body["images"])
+    assert images.shape == (3, 28, 28) and images.min() >= 0 and images.max() <= 255
+    assert body["labels"] == [5, 5, 5] and body["noise"] == "normal" and body["seed"] == 1
+    mixed = client.get("/api/samples", params={"n": 12}).json()
+    assert mixed["labels"] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_interpolation_walks_from_one_sample_to_the_other_and_back(client, runs):
+    response = client.get("/api/interpolation.gif", params={"seed_a": 5, "seed_b": 9, "steps": 6,
+                                                            "digit": 4, "scale": 1})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
+    gif = Image.open(io.BytesIO(response.content))
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("L")))
+    gen = load_generator(runs["best"])
+    start, end = gen.sample(1, seed=5, digit=4)[0], gen.sample(1, seed=9, digit=4)[0]
+    assert len(frames) == 2 * 6 - 2
+    assert np.array_equal(frames[0], start) and np.array_equal(frames[5], end)
+    assert np.array_equal(frames[4], frames[6])  # and back again
+
+
+@pytest.mark.parametrize("dist", ["normal", "uniform", "semicircle"])
+def test_interpolation_path_ends_at_both_vectors_and_stays_in_distribution(dist):
+    config = NoiseConfig(dist=dist, dim=100, low=-1.0, high=1.0)
+    a, b = sample_noise(config, 2, torch.Generator().manual_seed(0))
+    path = interpolate(a, b, 9, dist)
+    assert path.shape == (9, 100)
+    assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    if dist == "normal":  # slerp keeps the norm typical (about 10 for 100-d) all the way
+        assert path.norm(dim=1).min() > 0.9 * min(a.norm(), b.norm())
+    else:
+        assert path.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("query, status, words", [
+    ({"n": 0}, 422, "n=0: Input should be greater than or equal to 1"),
+    ({"n": MAX_COUNT + 1}, 422, f"n={MAX_COUNT + 1}: Input should be less than or equal to {MAX_COUNT}"),
+    ({"seed": "abc"}, 422, "seed=abc: Input should be a valid integer"),
+    ({"seed": "1.5"}, 422, "seed=1.5: Input should be a valid integer"),
+    ({"noise": "cauchy"}, 422, "noise=cauchy: Input should be 'normal', 'uniform' or 'semicircle'"),
+    ({"digit": 10}, 422, "digit=10: Input should be less than or equal to 9"),
+    ({"scale": 100}, 422, "scale=100"),
+])
+def test_bad_parameters_get_a_4xx_with_one_line(client, query, status, words):
+    response = client.get("/api/grid.png", params=query)
+    assert response.status_code == status
+    assert words in response.json()["error"] and "\n" not in response.json()["error"]
+
+
+def test_refusals_of_the_model_and_of_bodies(client, runs):
+    unconditional = TestClient(create_app(runs["seed-002"]))
+    response = unconditional.get("/api/grid.png", params={"digit": 3})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("digit=3: this generator is not class-conditional")
+    assert unconditional.get("/api/info").json()["conditional"] is False
+    response = client.post("/api/info", content=b"x" * 5000)
+    assert response.status_code == 413 and "query string" in response.json()["error"]
+    assert client.get("/api/interpolation.gif", params={"steps": 1}).status_code == 422
+
+
+def test_serve_refuses_a_missing_run_and_a_busy_port_in_one_line(runs, tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(runs["seed-002"]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_load_benchmark_runs_with_no_errors(runs):
+    script = Path(__file__).parents[1] / "benchmarks" / "serve_load.py"
+    done = subprocess.run([sys.executable, str(script), str(runs["best"]), "--requests", "3",
+                           "--concurrency", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| grid 256 (PNG) | 3 | 0 |" in done.stdout and "| refused: n=999 | 3 | 0 |" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# The page, in Debian's chromium driven by Playwright (its own browser download needs the net).
+
+CHROMIUM = os.environ.get("MNISTGAN_CHROMIUM") or shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    """`mnistgan serve RUN --port 0` as a user starts it; yields its address."""
+    process = subprocess.Popen([sys.executable, "-m", "mnistgan", "serve", str(runs["best"]), "--port", "0"],
+                               stderr=subprocess.PIPE, text=True)
+    line = process.stderr.readline()
+    match = re.search(r"at (http://\S+/)", line)
+    assert match, f"the server did not start: {line}{process.stderr.read() if process.poll() else ''}"
+    yield match.group(1)
+    process.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+    assert process.wait(timeout=20) == 0
+    assert process.stderr.read().strip() == "mnistgan: stopped"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("MNISTGAN_REQUIRE_BROWSER"):
+            pytest.fail("no chromium: install Debian's package (apt-get install chromium)")
+        pytest.skip("no chromium on this machine: apt-get install chromium (CI does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+PIXELS = """(id) => { const img = document.getElementById(id);
+    const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+    c.getContext('2d').drawImage(img, 0, 0); return c.toDataURL(); }"""
+
+
+def test_the_page_rerolls_picks_digits_switches_noise_and_shows_errors(server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(server)
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    assert "class-conditional" in page.text_content("#model")
+    assert page.is_hidden("#error")
+
+    def changed(action, before):
+        action()
+        page.wait_for_function(f"() => ({PIXELS})('grid') !== {before!r}", timeout=30_000)
+        return page.evaluate(PIXELS, "grid")
+
+    first = page.evaluate(PIXELS, "grid")
+    assert page.evaluate("document.getElementById('grid').naturalWidth") == 2 * (8 * 28 + 9 * 2)
+    seed = page.input_value("#seed")
+    after_reroll = changed(lambda: page.click("#reroll"), first)
+    assert page.input_value("#seed") != seed
+    after_digit = changed(lambda: page.select_option("#digit", "3"), after_reroll)
+    changed(lambda: page.select_option("#noise", "semicircle"), after_digit)
+
+    # The interpolation is an animation of 28x28 frames drawn by the server.
+    page.wait_for_function("() => document.getElementById('walk').naturalWidth === 28", timeout=30_000)
+    walk = page.get_attribute("#walk", "src")
+    page.click("#new-walk")
+    page.wait_for_function(f"() => document.getElementById('walk').src !== {walk!r}", timeout=30_000)
+
+    with page.expect_download() as download:
+        page.click("#download")
+    saved = tmp_path / "grid.png"
+    download.value.save_as(saved)
+    assert Image.open(saved).size == (2 * (8 * 28 + 9 * 2),) * 2
+
+    page.fill("#count", str(MAX_COUNT + 44))
+    page.dispatch_event("#count", "change")
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    too_many = f"n={MAX_COUNT + 44}: Input should be less than or equal to {MAX_COUNT}"
+    assert page.text_content("#error") == too_many
+    page.fill("#seed", "seven")
+    page.fill("#count", "9")
+    page.dispatch_event("#seed", "change")
+    page.wait_for_function("() => document.getElementById('error').textContent.startsWith('seed=seven')",
+                           timeout=30_000)
+    page.fill("#seed", "7")
+    page.dispatch_event("#seed", "change")
+    page.wait_for_function(f"() => document.getElementById('grid').naturalWidth === {2 * (3 * 28 + 4 * 2)}",
+                           timeout=30_000)
+    assert page.is_hidden("#error")
+    page.close()
