@@ -2,7 +2,8 @@
 
 Starts `mnistgan serve RUN --port 0` in a child process on loopback, sends each scenario's
 requests from `--concurrency` clients at once, and prints per scenario: requests, errors (any
-status other than the expected one), requests/s, images/s, and p50/p99 latency. Exits 1 if
+status other than the expected one), requests/s (median of the rounds), images/s, and p50/p99
+latency over every request. Exits 1 if
 any request failed. The clients share the machine with the server, as a browser would.
 
     python benchmarks/serve_load.py RUN --requests 200 --concurrency 16
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", nargs="?", type=Path, help="run folder (default: a fresh 50-step best)")
     parser.add_argument("--requests", type=int, default=200, help="per scenario (default 200)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds per scenario: req/s is their median, latencies pooled")
     args = parser.parse_args(argv)
 
     run = args.run
@@ -101,16 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     process, base = start_server(run)
     failed = 0
     try:
-        print(f"server: {base} serving {run}; {args.requests} requests per scenario, "
-              f"{args.concurrency} in flight; {os.cpu_count()} CPUs shared with the clients")
+        print(f"server: {base} serving {run}; {args.repeats} x {args.requests} requests per "
+              f"scenario, {args.concurrency} in flight; {os.cpu_count()} CPUs shared with the clients")
         print("| scenario | requests | errors | req/s | images/s | p50 ms | p99 ms |")
         print("|---|---|---|---|---|---|---|")
         for name, path, expected, images in SCENARIOS:
             asyncio.run(scenario(base, path, expected, args.concurrency, args.concurrency))  # warm-up
-            latencies, failures, wall = asyncio.run(
-                scenario(base, path, expected, args.requests, args.concurrency))
+            latencies, failures, rates = [], 0, []
+            for _ in range(args.repeats):
+                times, failures_now, wall = asyncio.run(
+                    scenario(base, path, expected, args.requests, args.concurrency))
+                latencies += times
+                failures += failures_now
+                rates.append(len(times) / wall)
             failed += failures
-            rate = len(latencies) / wall
+            rate = statistics.median(rates)
             print(f"| {name} | {len(latencies)} | {failures} | {rate:.1f} | "
                   f"{rate * images:.0f} | {1000 * statistics.median(latencies):.1f} | "
                   f"{1000 * percentile(latencies, 0.99):.1f} |", flush=True)

@@ -150,7 +150,8 @@ def test_serve_refuses_a_missing_run_and_a_busy_port_in_one_line(runs, tmp_path,
 def test_load_benchmark_runs_with_no_errors(runs):
     script = Path(__file__).parents[1] / "benchmarks" / "serve_load.py"
     done = subprocess.run([sys.executable, str(script), str(runs["best"]), "--requests", "3",
-                           "--concurrency", "2"], capture_output=True, text=True, timeout=300)
+                           "--concurrency", "2", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| grid 256 (PNG) | 3 | 0 |" in done.stdout and "| refused: n=999 | 3 | 0 |" in done.stdout
 

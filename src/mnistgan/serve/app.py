@@ -1,18 +1,22 @@
 """The demo server: one generator loaded at start, a static page, and a validated API.
 
 Every endpoint is a GET whose parameters are checked before any work is done: a bad value
-gets a 4xx answer `{"error": "<one line>"}`, which the page shows as it is. Generation runs
-in FastAPI's worker threads, one request at a time under a lock: on a CPU, PyTorch already
-spreads one batch over every core, so parallel batches would only fight for them.
+gets a 4xx answer `{"error": "<one line>"}`, which the page shows as it is. Generation (and
+image encoding) runs on one worker thread, one request at a time: on a CPU, PyTorch already
+spreads one batch over every core, so parallel batches would only fight for them, and each
+extra thread that allocates tensors keeps its own malloc arena (16 clients through FastAPI's
+40-thread pool peaked at 1.9 GB; one worker thread keeps it near the model's own size).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
 import sys
-import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,13 +49,18 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
     """The app for a run folder or generator .safetensors file (loaded here, once)."""
     gen = source if isinstance(source, TrainedGenerator) else load_generator(source)
     name = Path(source).name if not isinstance(source, TrainedGenerator) else "generator"
-    lock = threading.Lock()
-    app = FastAPI(title="mnistgan", summary=f"digits from {name}", docs_url="/api/docs",
-                  redoc_url=None, openapi_url="/api/openapi.json")
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnistgan-generate")
 
-    def generate(make: Any, *args: Any, **kwargs: Any) -> np.ndarray:
-        with lock:
-            return make(*args, **kwargs)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.shutdown(cancel_futures=True)
+
+    app = FastAPI(title="mnistgan", summary=f"digits from {name}", docs_url="/api/docs",
+                  redoc_url=None, openapi_url="/api/openapi.json", lifespan=lifespan)
+
+    async def on_worker(work: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(worker, work)
 
     @app.middleware("http")
     async def refuse_bodies(request: Request, call_next: Any) -> Response:
@@ -80,7 +89,7 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     @app.get("/api/info")
-    def info() -> dict[str, Any]:
+    async def info() -> dict[str, Any]:
         """What the page needs to draw its controls."""
         config = gen.config
         return {"name": name, "preset": config.name, "description": config.description,
@@ -90,33 +99,40 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
 
     @app.get("/api/grid.png", response_class=Response,
              responses={200: {"content": {"image/png": {}}}})
-    def grid(n: Count = 64, seed: Seed = 0, noise: Noise | None = None, digit: Digit = None,
-             scale: Scale = 2) -> Response:
+    async def grid(n: Count = 64, seed: Seed = 0, noise: Noise | None = None, digit: Digit = None,
+                   scale: Scale = 2) -> Response:
         """`n` digits tiled into a square PNG grid."""
-        images = generate(gen.sample, n, seed=seed, noise=noise, digit=digit)
-        return Response(encode_grid(images, scale=scale), media_type="image/png")
+        def work() -> bytes:
+            return encode_grid(gen.sample(n, seed=seed, noise=noise, digit=digit), scale=scale)
+
+        return Response(await on_worker(work), media_type="image/png")
 
     @app.get("/api/samples")
-    def samples(n: Count = 16, seed: Seed = 0, noise: Noise | None = None,
-                digit: Digit = None) -> dict[str, Any]:
+    async def samples(n: Count = 16, seed: Seed = 0, noise: Noise | None = None,
+                      digit: Digit = None) -> dict[str, Any]:
         """`n` digits as nested lists of 0-255 pixel values, (n, 28, 28)."""
-        images = generate(gen.sample, n, seed=seed, noise=noise, digit=digit)
-        labels = gen.labels(n, digit)
-        return {"seed": seed, "noise": noise or gen.config.noise.dist,
-                "labels": None if labels is None else labels.tolist(), "images": images.tolist()}
+        def work() -> dict[str, Any]:
+            labels = gen.labels(n, digit)
+            return {"seed": seed, "noise": noise or gen.config.noise.dist,
+                    "labels": None if labels is None else labels.tolist(),
+                    "images": gen.sample(n, seed=seed, noise=noise, digit=digit).tolist()}
+
+        return await on_worker(work)
 
     @app.get("/api/interpolation.gif", response_class=Response,
              responses={200: {"content": {"image/gif": {}}}})
-    def interpolation(seed_a: Seed = 0, seed_b: Seed = 1,
-                      steps: Annotated[int, Query(ge=2, le=MAX_STEPS)] = 24,
-                      noise: Noise | None = None, digit: Digit = None,
-                      scale: Scale = 4) -> Response:
+    async def interpolation(seed_a: Seed = 0, seed_b: Seed = 1,
+                            steps: Annotated[int, Query(ge=2, le=MAX_STEPS)] = 24,
+                            noise: Noise | None = None, digit: Digit = None,
+                            scale: Scale = 4) -> Response:
         """A looping GIF walking from seed_a's first digit to seed_b's and back."""
-        frames = generate(gen.interpolation, seed_a, seed_b, steps, noise=noise, digit=digit)
-        there_and_back = np.concatenate([frames, frames[-2:0:-1]])
-        scaled = there_and_back.repeat(scale, axis=1).repeat(scale, axis=2)
-        return Response(encode_gif(list(scaled), duration_ms=60, hold_last=False),
-                        media_type="image/gif")
+        def work() -> bytes:
+            frames = gen.interpolation(seed_a, seed_b, steps, noise=noise, digit=digit)
+            there_and_back = np.concatenate([frames, frames[-2:0:-1]])
+            scaled = there_and_back.repeat(scale, axis=1).repeat(scale, axis=2)
+            return encode_gif(list(scaled), duration_ms=60, hold_last=False)
+
+        return Response(await on_worker(work), media_type="image/gif")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
