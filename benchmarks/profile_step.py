@@ -1,0 +1,94 @@
+"""Where one preset's training step spends its time: torch.profiler over a run of steps.
+
+Prints the step time, the share taken by matrix multiplications (each shape's time and its
+GFLOP/s against the same multiplication timed alone, in a loop, with its operands hot in
+cache), and the costliest ops. This is the "profile before changing" tool behind the table
+of hypotheses in BENCHMARKS.md.
+
+    python benchmarks/profile_step.py seed-001 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import collections
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mnistgan.config import load_config
+from mnistgan.data import ImageBank
+from mnistgan.train import GAN
+
+GEMM_OPS = ("aten::mm", "aten::addmm")
+
+
+def alone_ms(a_shape: list[int], b_shape: list[int], reps: int = 200) -> float:
+    """One multiplication of these shapes timed alone: what the hardware gives it when hot."""
+    a, b = torch.randn(*a_shape), torch.randn(*b_shape)
+    for _ in range(10):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steps", type=int, default=50, help="profiled steps (default 50)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    config = load_config(args.preset, args.overrides)
+    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits,
+                          config.data.value_range)
+    gan = GAN(config, data, torch.device("cpu"))
+    for _ in range(max(20, args.steps)):  # warm-up
+        gan.train_step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        gan.train_step()
+    step_ms = (time.perf_counter() - t0) / args.steps * 1e3
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(args.steps):
+            gan.train_step()
+    per_step = collections.Counter()
+    for event in prof.key_averages():
+        per_step[event.key] += event.self_cpu_time_total / args.steps / 1e3
+    gemms: dict[str, tuple[float, float]] = {}  # operand shapes: (ms, calls) a step
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key in GEMM_OPS:
+            key = f"{event.key} {event.input_shapes}"
+            ms, calls = gemms.get(key, (0.0, 0.0))
+            gemms[key] = (ms + event.self_cpu_time_total / args.steps / 1e3,
+                                              calls + event.count / args.steps)
+
+    print(f"{args.preset}, {args.threads} thread(s): {step_ms:.2f} ms a step unprofiled "
+          f"({1e3 / step_ms:.1f} it/s); profiled self time {sum(per_step.values()):.2f} ms, "
+          f"of which matmuls {sum(ms for ms, _ in gemms.values()):.2f} ms")
+    print("\n| matmul (op, operands) | calls a step | ms a step | GFLOP/s in the step | GFLOP/s alone |")
+    print("|---|---|---|---|---|")
+    total_alone = 0.0
+    for key, (ms, calls) in sorted(gemms.items(), key=lambda item: -item[1][0]):
+        op, shapes = key.split(" ", 1)
+        a, b = [s for s in ast.literal_eval(shapes) if len(s) == 2][-2:]
+        flop = 2 * a[0] * a[1] * b[1] * calls
+        alone = alone_ms(a, b) * calls
+        total_alone += alone
+        print(f"| {op[6:]} {a[0]}x{a[1]} @ {b[0]}x{b[1]} | {calls:.0f} | {ms:.3f} | {flop / ms / 1e6:.0f} | "
+              f"{flop / alone / 1e6:.0f} |")
+    print(f"\nthe same matmuls timed alone: {total_alone:.2f} ms a step")
+    print("\n| op | ms a step |\n|---|---|")
+    for key, ms in per_step.most_common(12):
+        print(f"| {key} | {ms:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
