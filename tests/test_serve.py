@@ -68,6 +68,17 @@ def test_grid_is_the_generators_own_samples(client, runs):
     assert png(client.get("/api/grid.png", params={"n": 4, "scale": 3})).shape == (3 * 62, 3 * 62)
 
 
+def test_grid_by_class_has_one_row_per_digit(client, runs):
+    grid = png(client.get("/api/grid.png", params={"n": 3, "seed": 2, "by_class": "true", "scale": 1}))
+    assert grid.shape == (10 * 28 + 11 * 2, 3 * 28 + 4 * 2)
+    sevens = load_generator(runs["best"]).sample(3, seed=2, digit=7)
+    assert np.array_equal(grid[2 + 7 * 30:30 + 7 * 30, 32:60], sevens[1])
+    for query, words in [({"n": 26}, "n=26 with by_class=true makes 260 images: ask for at most 25"),
+                         ({"digit": 4}, "by_class=true shows every digit: leave out digit")]:
+        response = client.get("/api/grid.png", params={"by_class": "true", **query})
+        assert response.status_code == 400 and response.json()["error"].startswith(words)
+
+
 def test_samples_as_json(client):
     body = client.get("/api/samples", params={"n": 3, "seed": 1, "digit": 5}).json()
     images = np.array(body["images"])
@@ -126,6 +137,9 @@ def test_refusals_of_the_model_and_of_bodies(client, runs):
     response = unconditional.get("/api/grid.png", params={"digit": 3})
     assert response.status_code == 400
     assert response.json()["error"].startswith("digit=3: this generator is not class-conditional")
+    response = unconditional.get("/api/grid.png", params={"by_class": "true"})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("by_class=true needs a class-conditional generator")
     assert unconditional.get("/api/info").json()["conditional"] is False
     response = client.post("/api/info", content=b"x" * 5000)
     assert response.status_code == 413 and "query string" in response.json()["error"]
@@ -215,7 +229,12 @@ def test_the_page_rerolls_picks_digits_switches_noise_and_shows_errors(server, b
     after_reroll = changed(lambda: page.click("#reroll"), first)
     assert page.input_value("#seed") != seed
     after_digit = changed(lambda: page.select_option("#digit", "3"), after_reroll)
-    changed(lambda: page.select_option("#noise", "semicircle"), after_digit)
+    after_noise = changed(lambda: page.select_option("#noise", "semicircle"), after_digit)
+    size = "[document.getElementById('grid').naturalWidth, document.getElementById('grid').naturalHeight]"
+    by_rows = changed(lambda: page.select_option("#digit", "rows"), after_noise)  # 64: 6 of each
+    assert page.evaluate(size) == [2 * (6 * 28 + 7 * 2), 2 * (10 * 28 + 11 * 2)]
+    changed(lambda: page.select_option("#digit", ""), by_rows)
+    assert page.evaluate(size) == [2 * (8 * 28 + 9 * 2)] * 2
 
     # The interpolation is an animation of 28x28 frames drawn by the server.
     page.wait_for_function("() => document.getElementById('walk').naturalWidth === 28", timeout=30_000)

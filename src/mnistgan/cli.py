@@ -184,14 +184,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     gen = load_generator(args.weights)
     nrow = args.nrow
     if args.grid_by_class:
-        if not gen.classes:
-            raise UserError("--grid-by-class needs a class-conditional generator (this one was "
-                            "trained without labels): train one with --preset best")
         if args.digit is not None:
             raise UserError("--grid-by-class shows every digit: leave out --digit")
-        per_row = args.n or 10
-        rows = [gen.sample(per_row, seed=args.seed, noise=args.noise, digit=d) for d in gen.classes]
-        images, nrow = np.concatenate(rows), per_row
+        nrow = args.n or 10
+        images = gen.sample_by_class(nrow, seed=args.seed, noise=args.noise)
     else:
         images = gen.sample(args.n or 64, seed=args.seed, noise=args.noise, digit=args.digit)
     written = []

@@ -78,6 +78,15 @@ class TrainedGenerator:
         labels = self.labels(n, digit)
         return self.decode(self.noise(n, seed, noise), labels)
 
+    def sample_by_class(self, per_digit: int, seed: int = 0, noise: str | None = None) -> np.ndarray:
+        """`per_digit` images of each of a conditional model's digits, one digit after another
+        (a grid with `per_digit` images a row has one row per digit)."""
+        if not self.classes:
+            raise UserError("--grid-by-class needs a class-conditional generator (this one was "
+                            "trained without labels): train one with --preset best")
+        return np.concatenate([self.sample(per_digit, seed=seed, noise=noise, digit=d)
+                               for d in self.classes])
+
     def interpolation(self, seed_a: int, seed_b: int, steps: int = 16, noise: str | None = None,
                       digit: int | None = None) -> np.ndarray:
         """`steps` images (uint8, (steps, 28, 28)) on a path through latent space from the

@@ -82,7 +82,8 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
     @app.exception_handler(UserError)
     async def refused(request: Request, exc: UserError) -> JSONResponse:
         # The API's parameters have the command line's names: "--digit 3: ..." -> "digit=3: ..."
-        return error(400, re.sub(r"^--([a-z]+) ", r"\1=", str(exc)))
+        return error(400, re.sub(r"^--([a-z]+) ", r"\1=", str(exc)).replace(
+            "--grid-by-class", "by_class=true"))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -100,9 +101,19 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
     @app.get("/api/grid.png", response_class=Response,
              responses={200: {"content": {"image/png": {}}}})
     async def grid(n: Count = 64, seed: Seed = 0, noise: Noise | None = None, digit: Digit = None,
-                   scale: Scale = 2) -> Response:
-        """`n` digits tiled into a square PNG grid."""
+                   by_class: bool = False, scale: Scale = 2) -> Response:
+        """`n` digits tiled into a square PNG grid; with `by_class`, `n` of each digit, one
+        row per digit."""
+        if by_class:
+            if digit is not None:
+                raise UserError("by_class=true shows every digit: leave out digit")
+            if n * max(1, len(gen.classes)) > MAX_COUNT:
+                raise UserError(f"n={n} with by_class=true makes {n * len(gen.classes)} images: "
+                                f"ask for at most {MAX_COUNT // len(gen.classes)} of each digit")
+
         def work() -> bytes:
+            if by_class:
+                return encode_grid(gen.sample_by_class(n, seed=seed, noise=noise), nrow=n, scale=scale)
             return encode_grid(gen.sample(n, seed=seed, noise=noise, digit=digit), scale=scale)
 
         return Response(await on_worker(work), media_type="image/png")

@@ -10,9 +10,18 @@ let walkSeed = 1;
 // slow earlier answer can never overwrite a newer one.
 const latest = { grid: 0, walk: 0 };
 
+let classes = [];
+
+// The grid's query: "one row per digit" asks for count / digits of each (at least one).
 function params() {
   const p = new URLSearchParams({ n: $("count").value, seed: $("seed").value.trim(), noise: $("noise").value });
-  if ($("digit").value !== "") p.set("digit", $("digit").value);
+  const digit = $("digit").value;
+  if (digit === "rows") {
+    p.set("by_class", "true");
+    p.set("n", Math.max(1, Math.floor(Number($("count").value) / classes.length)) || $("count").value);
+  } else if (digit !== "") {
+    p.set("digit", digit);
+  }
   return p;
 }
 
@@ -67,7 +76,7 @@ async function update() {
 async function updateWalk() {
   const p = params();
   const q = new URLSearchParams({ seed_a: p.get("seed"), seed_b: walkSeed, noise: p.get("noise"), scale: 1 });
-  if (p.has("digit")) q.set("digit", p.get("digit"));
+  if (p.has("digit")) q.set("digit", p.get("digit"));  // one row each: the walk keeps the first digit
   const url = await load(`/api/interpolation.gif?${q}`, "walk");
   if (url) walkUrl = swap($("walk"), url, walkUrl);
 }
@@ -83,6 +92,8 @@ async function start() {
   for (const name of info.noises) $("noise").add(new Option(name + (name === info.noise ? " (trained)" : ""), name));
   $("noise").value = info.noise;
   if (info.conditional) {
+    classes = info.classes;
+    $("digit").add(new Option("one row each", "rows"));
     for (const d of info.classes) $("digit").add(new Option(String(d), String(d)));
     $("digit-label").hidden = false;
   }
