@@ -144,6 +144,13 @@ def test_refusals_of_the_model_and_of_bodies(client, runs):
     response = client.post("/api/info", content=b"x" * 5000)
     assert response.status_code == 413 and "query string" in response.json()["error"]
     assert client.get("/api/interpolation.gif", params={"steps": 1}).status_code == 422
+    response = client.get("/api/nope")
+    assert response.status_code == 404 and response.json()["error"].startswith(
+        "GET /api/nope: Not Found: the API is /api/info")
+    response = client.delete("/api/info")
+    assert response.status_code == 405 and "Method Not Allowed" in response.json()["error"]
+    assert list(client.get("/api/openapi.json").json()["paths"]) == [
+        "/api/info", "/api/grid.png", "/api/samples", "/api/interpolation.gif"]
 
 
 def test_serve_refuses_a_missing_run_and_a_busy_port_in_one_line(runs, tmp_path, capsys):

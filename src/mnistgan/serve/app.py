@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
 from ..generate import TrainedGenerator, load_generator
@@ -56,7 +56,9 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
         yield
         worker.shutdown(cancel_futures=True)
 
-    app = FastAPI(title="mnistgan", summary=f"digits from {name}", docs_url="/api/docs",
+    # No Swagger page: it loads its scripts from a CDN, which an offline machine cannot reach;
+    # the OpenAPI description itself is served.
+    app = FastAPI(title="mnistgan", summary=f"digits from {name}", docs_url=None,
                   redoc_url=None, openapi_url="/api/openapi.json", lifespan=lifespan)
 
     async def on_worker(work: Callable[[], Any]) -> Any:
@@ -78,6 +80,12 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
         given = request.query_params.get(field)
         shown = f"{field}={given}" if given is not None else field
         return error(422, f"{shown}: {first['msg']}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        hint = ": the API is /api/info, /api/grid.png, /api/samples and /api/interpolation.gif" \
+            if exc.status_code == 404 else ""
+        return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}{hint}")
 
     @app.exception_handler(UserError)
     async def refused(request: Request, exc: UserError) -> JSONResponse:
@@ -172,9 +180,9 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None
     port = sock.getsockname()[1]
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"mnistgan: note: listening on {host}, reachable from other machines", file=sys.stderr)
-    print(f"mnistgan: serving {source} at http://{'localhost' if host in ('127.0.0.1', '::1') else host}"
-          f":{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
-    torch.set_grad_enabled(False)
+    shown = "localhost" if host in ("127.0.0.1", "::1") else f"[{host}]" if ":" in host else host
+    print(f"mnistgan: serving {source} at http://{shown}:{port}/ (Ctrl-C stops)",
+          file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", limit_concurrency=MAX_CONNECTIONS,
                             h11_max_incomplete_event_size=16 * 1024)
     # uvicorn re-raises Ctrl-C once it has shut down cleanly: that is the normal way to stop.
