@@ -23,7 +23,7 @@ VARIANTS: dict[str, list[str]] = {
     "label as input planes, not projection": ["discriminator.conditioning=input"],
     "BCE (non-saturating) instead of hinge": ["train.loss=bce"],
     "one learning rate (2e-4 both), not TTUR": ["train.d_lr=2e-4", "train.g_lr=2e-4"],
-    "TTUR the other way (D 2e-4, G 4e-4)": ["train.d_lr=2e-4", "train.g_lr=4e-4"],
+    "TTUR with D the faster (D 4e-4, G 1e-4)": ["train.d_lr=4e-4", "train.g_lr=1e-4"],
     "without EMA of G": ["train.ema=0"],
     "with DiffAugment (translation, cutout)": ["train.augment=translation,cutout"],
     "with R1 penalty (gamma 1)": ["train.r1=1.0"],
