@@ -82,10 +82,7 @@ def image_grid(
 def encode_grid(images: np.ndarray, nrow: int | None = None, scale: int = 2) -> bytes:
     """`image_grid(images, nrow)` as greyscale PNG bytes, upscaled `scale` times with
     nearest-neighbour so 28-pixel digits stay sharp and visible."""
-    image = _upscale(Image.fromarray(image_grid(images, nrow=nrow)), scale)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return _encode(_upscale(Image.fromarray(image_grid(images, nrow=nrow)), scale), "PNG")
 
 
 def save_grid(
@@ -355,7 +352,11 @@ def _plot_series(
     return ys
 
 
-def _save_image(image: Image.Image, path: str | Path, fmt: str) -> Path:
+def _encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
-    return atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _save_image(image: Image.Image, path: str | Path, fmt: str) -> Path:
+    return atomic_write(path, _encode(image, fmt))

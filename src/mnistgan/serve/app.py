@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -90,8 +91,7 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
     @app.exception_handler(UserError)
     async def refused(request: Request, exc: UserError) -> JSONResponse:
         # The API's parameters have the command line's names: "--digit 3: ..." -> "digit=3: ..."
-        return error(400, re.sub(r"^--([a-z]+) ", r"\1=", str(exc)).replace(
-            "--grid-by-class", "by_class=true"))
+        return error(400, re.sub(r"^--([a-z]+) ", r"\1=", str(exc)))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -113,9 +113,12 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
         """`n` digits tiled into a square PNG grid; with `by_class`, `n` of each digit, one
         row per digit."""
         if by_class:
+            if not gen.classes:
+                raise UserError("by_class=true needs a class-conditional generator (this one was "
+                                "trained without labels): train one with --preset best")
             if digit is not None:
                 raise UserError("by_class=true shows every digit: leave out digit")
-            if n * max(1, len(gen.classes)) > MAX_COUNT:
+            if n * len(gen.classes) > MAX_COUNT:
                 raise UserError(f"n={n} with by_class=true makes {n * len(gen.classes)} images: "
                                 f"ask for at most {MAX_COUNT // len(gen.classes)} of each digit")
 
@@ -163,10 +166,6 @@ def error(status: int, message: str) -> JSONResponse:
 
 def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load the generator, bind host:port, and answer until Ctrl-C."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserError("mnistgan serve needs uvicorn: pip install 'mnistgan[serve]'") from None
     app = create_app(source)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

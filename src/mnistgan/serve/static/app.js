@@ -30,8 +30,8 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
-// Fetch an image for `img` (its `latest` slot named by `slot`): the image's object URL, or
-// null once the error is shown, or undefined if a newer request has superseded this one.
+// Fetch an image for the `latest` slot `slot` ("grid" or "walk"): its object URL, or null
+// once the error is shown, or undefined if a newer request has superseded this one.
 async function load(url, slot) {
   const ticket = ++latest[slot];
   let response, body;
