@@ -1,10 +1,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mnistgan.config import load_config
 from mnistgan.losses import BinaryCrossEntropy
 from mnistgan.models import build_discriminator, build_generator
+from mnistgan.models.common import Dropout, UpsampleConv2d
 
 
 def n_params(m):
@@ -68,3 +70,56 @@ def test_keras_init_zeroes_biases():
     assert torch.count_nonzero(first.bias) == 0
     bound = (6 / (first.in_features + first.out_features)) ** 0.5
     assert first.weight.abs().max() <= bound
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("size", [5, 7, 14])
+def test_upsample_conv_is_upsample_then_conv(kernel, size):
+    """The fused layer computes what texts 000 and 004 write, outputs and gradients alike."""
+    torch.manual_seed(kernel * 100 + size)
+    fused = UpsampleConv2d(6, 4, kernel)
+    upsample, conv = nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(6, 4, kernel,
+                                                                           padding=kernel // 2)
+    conv.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 6, size, size, requires_grad=True)
+    y, expected = fused(x), conv(upsample(x))
+    assert y.shape == expected.shape == (3, 4, 2 * size, 2 * size)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, fused.weight, fused.bias), g)
+    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_upsample_conv_refuses_an_even_kernel():
+    with pytest.raises(ValueError, match="odd kernel"):
+        UpsampleConv2d(2, 2, 4)
+
+
+def test_seed_generators_keep_the_conv_parameters_of_upsample_then_conv():
+    g = build_generator(load_config("seed-004"))
+    fused = [m for m in g.modules() if isinstance(m, UpsampleConv2d)]
+    assert len(fused) == 1 and fused[0].weight.shape == (100, 200, 3, 3)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.3])
+def test_dropout_drops_p_and_rescales(p):
+    torch.manual_seed(0)
+    drop = Dropout(p)
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.005  # 400k draws: sd 0.0007
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, y.detach())  # the same mask scales the gradient
+    torch.manual_seed(0)
+    assert torch.equal(Dropout(p)(x), y)  # the seed fixes the mask
+    drop.eval()
+    assert torch.equal(drop(x), x)
+
+
+def test_dropout_refuses_p_outside_0_1():
+    with pytest.raises(ValueError, match="dropout"):
+        Dropout(1.0)

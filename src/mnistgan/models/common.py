@@ -34,6 +34,70 @@ def batch_norm(
     return cls(features, eps=eps, momentum=1.0 - keras_momentum, track_running_stats=not batch_stats)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout``, drawing its mask from 32 random bits an element.
+
+    PyTorch's CPU ``bernoulli_`` costs ~9 ns an element, a third of text 004's step; random
+    integers compared with ``p * 2**32`` give the same Bernoulli(1 - p) mask (p rounded to
+    2**-32, finer than a float32 uniform's 2**-24) in a sixth of the time.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {p}")
+        self.p = p
+        self.threshold = round(p * 2**32) - 2**31  # bits are uniform on [-2**31, 2**31)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        bits = torch.empty_like(x, dtype=torch.int32).random_(-(2**31), None)
+        keep = (bits >= self.threshold).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _nearest_fold(k: int) -> tuple[torch.Tensor, int]:
+    """How a k-tap 'same' kernel applied after nearest 2x upsampling reads the small image.
+
+    Output row 2i + a (phase a) with tap d reads small-image row i + (a + d) // 2. A stride-2
+    transposed convolution with padding p reads input row i + off through its tap a + p - 2 off,
+    so the k taps fold into L = k + 1 taps (the two phases use taps of opposite parity).
+    Returns the (L, k) 0/1 fold matrix and p.
+    """
+    h = k // 2
+    reads = [(a, d, (a + d) // 2) for a in (0, 1) for d in range(-h, h + 1)]
+    pad = max(2 * off - a for a, _, off in reads)
+    fold = torch.zeros(k + 1, k)
+    for a, d, off in reads:
+        fold[a + pad - 2 * off, d + h] += 1.0
+    return fold, pad
+
+
+class UpsampleConv2d(nn.Conv2d):
+    """Nearest-neighbour 2x upsampling followed by this 'same' convolution (odd kernel,
+    stride 1), as texts 000 and 004 write it, computed as one stride-2 transposed convolution
+    on the small image: the same function and parameters in (k+1)^2 / (4 k^2) of the
+    multiply-adds (0.44x for 3x3, 0.36x for 5x5) and without the upsampled copy."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        if kernel_size % 2 == 0:
+            raise ValueError(f"upsample + conv needs an odd kernel, not {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        fold, self.fold_padding = _nearest_fold(kernel_size)
+        self.register_buffer("fold", fold, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # weight (out, in, k, k) -> transposed-conv weight (in, out, k+1, k+1)
+        kernel = torch.einsum("ak,oikl,bl->ioab", self.fold.to(self.weight.dtype), self.weight,
+                              self.fold.to(self.weight.dtype))
+        return nn.functional.conv_transpose2d(x, kernel, self.bias, stride=2,
+                                              padding=self.fold_padding)
+
+
 def maybe_spectral(layer: nn.Module, enabled: bool) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(layer) if enabled else layer
 
@@ -128,7 +192,7 @@ def dense_discriminator(trunk: list[nn.Module], features: int, hidden: list[int]
         layers += [maybe_spectral(nn.Linear(features, h), c.spectral_norm),
                    activation(act, c.slope)]
         if c.dropout:
-            layers.append(nn.Dropout(c.dropout))
+            layers.append(Dropout(c.dropout))
         features = h
     net = Discriminator(nn.Sequential(*layers), features, c.head, c.real_index, c.spectral_norm,
                         conditioning)

@@ -10,6 +10,8 @@ from ..config import ConvDiscriminatorConfig, ConvGeneratorConfig
 from .common import (
     CLASSES,
     Discriminator,
+    Dropout,
+    UpsampleConv2d,
     activation,
     batch_norm,
     dense_discriminator,
@@ -21,8 +23,8 @@ from .common import (
 
 class ConvGenerator(nn.Module):
     """noise -> Dense(C*S*S) -> BN -> act -> reshape (C, S, S) -> Dropout
-    -> [Upsample x2? -> Conv k x k ('same') -> BN -> act -> Dropout] per layer (or a stride-2
-       transposed conv where it upsamples, with upsample_mode = "transpose")
+    -> [Upsample x2? -> Conv k x k ('same') -> BN -> act -> Dropout] per layer (the pair run as
+       one UpsampleConv2d; or a learned stride-2 transposed conv, upsample_mode = "transpose")
     -> Conv(out_kernel) to 1 channel -> output activation."""
 
     def __init__(self, noise_dim: int, c: ConvGeneratorConfig, conditional: bool = False) -> None:
@@ -36,20 +38,20 @@ class ConvGenerator(nn.Module):
             stem.append(batch_norm("1d", features, c.bn_momentum, c.bn_eps, c.bn_batch_stats))
         stem.append(activation(c.activation, c.slope))
         self.stem = nn.Sequential(*stem)
-        body: list[nn.Module] = [nn.Dropout(c.dropout)] if c.dropout else []
+        body: list[nn.Module] = [Dropout(c.dropout)] if c.dropout else []
         width = c.start_channels
         for ch, k, up in zip(c.channels, c.kernels, c.upsample, strict=True):
             if up and c.upsample_mode == "transpose":
                 body.append(nn.ConvTranspose2d(width, ch, k, stride=2, padding=k // 2, output_padding=1))
+            elif up:
+                body.append(UpsampleConv2d(width, ch, k))
             else:
-                if up:
-                    body.append(nn.Upsample(scale_factor=2, mode="nearest"))
                 body.append(nn.Conv2d(width, ch, k, padding=k // 2))
             if c.batch_norm:
                 body.append(batch_norm("2d", ch, c.bn_momentum, c.bn_eps, c.bn_batch_stats))
             body.append(activation(c.activation, c.slope))
             if c.dropout:
-                body.append(nn.Dropout(c.dropout))
+                body.append(Dropout(c.dropout))
             width = ch
         body += [nn.Conv2d(width, 1, c.out_kernel, padding=c.out_kernel // 2),
                  activation(c.output)]
@@ -76,7 +78,7 @@ def conv_discriminator(c: ConvDiscriminatorConfig, conditioning: str = "none") -
             layers.append(batch_norm("2d", ch, c.bn_momentum, c.bn_eps))
         layers.append(activation(c.activation, c.slope))
         if c.dropout:
-            layers.append(nn.Dropout(c.dropout))
+            layers.append(Dropout(c.dropout))
         width = ch
         size = (size + 2 * (c.kernel // 2) - c.kernel) // c.stride + 1
     layers.append(nn.Flatten())

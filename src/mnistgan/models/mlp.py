@@ -9,6 +9,7 @@ from ..config import MLPDiscriminatorConfig, MLPGeneratorConfig
 from .common import (
     CLASSES,
     Discriminator,
+    Dropout,
     activation,
     batch_norm,
     dense_discriminator,
@@ -36,7 +37,7 @@ class MLPGenerator(nn.Module):
             else:
                 layers += [act] + ([norm] if norm is not None else [])
             if c.dropout:
-                layers.append(nn.Dropout(c.dropout))
+                layers.append(Dropout(c.dropout))
             width = h
         layers += [nn.Linear(width, PIXELS), activation(c.output)]
         self.net = nn.Sequential(*layers)
