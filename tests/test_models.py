@@ -90,6 +90,8 @@ def test_upsample_conv_is_upsample_then_conv(kernel, size):
     want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    fused.fused = False  # as written: the same module, the same numbers
+    torch.testing.assert_close(fused(x), y, rtol=1e-5, atol=1e-5)
 
 
 def test_upsample_conv_refuses_an_even_kernel():
