@@ -125,3 +125,26 @@ def test_dropout_drops_p_and_rescales(p):
 def test_dropout_refuses_p_outside_0_1():
     with pytest.raises(ValueError, match="dropout"):
         Dropout(1.0)
+
+
+def test_weights_written_before_the_fused_upsampling_still_load(tmp_path):
+    """Runs saved while upsample and conv were two layers (an nn.Upsample, no parameters,
+    one index before the conv) load into the fused layout and sample the same images."""
+    import copy
+
+    from mnistgan import TrainedGenerator, load_generator
+    from mnistgan.checkpoint import save_weights
+
+    config = load_config("seed-000")
+    torch.manual_seed(0)
+    g = build_generator(config)
+    old = copy.deepcopy(g)
+    old.body = nn.Sequential(*[layer for m in g.body for layer in (
+        [nn.Upsample(scale_factor=2, mode="nearest"), m] if isinstance(m, UpsampleConv2d) else [m])])
+    assert set(old.state_dict()) != set(g.state_dict())  # the old numbering
+    save_weights(old, tmp_path / "generator.safetensors", config, "generator")
+    loaded = load_generator(tmp_path / "generator.safetensors")
+    for name, value in g.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[name], value), name
+    g.eval()
+    torch.testing.assert_close(loaded.sample(8, seed=3), TrainedGenerator(g, config).sample(8, seed=3))

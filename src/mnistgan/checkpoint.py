@@ -37,6 +37,7 @@ from torch import nn
 from .atomic import atomic_write
 from .config import Config, config_from_json
 from .errors import UserError
+from .models.common import UpsampleConv2d
 
 FORMAT = "mnistgan-weights-1"
 
@@ -71,19 +72,51 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, str
 
 def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """`load_state_dict` that explains a mismatch instead of dumping a traceback."""
+    problem = _mismatch(module, tensors)
+    if problem and not _mismatch(module, upgraded := _renumber_before_fused_upsampling(
+            module, tensors)):
+        tensors, problem = upgraded, None
+    if problem:
+        raise UserError(
+            f"weights in {source} do not fit the network its config describes ({problem}): "
+            "the file was edited or comes from another version; use the run's own files"
+        )
+    module.load_state_dict(tensors)
+
+
+def _mismatch(module: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
     wrong = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
-    if missing or extra or wrong:
-        what = (f"shape of {wrong[0]} is {tuple(tensors[wrong[0]].shape)}, expected "
-                f"{tuple(own[wrong[0]].shape)}" if wrong else
-                f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}")
-        raise UserError(
-            f"weights in {source} do not fit the network its config describes ({what}): "
-            "the file was edited or comes from another version; use the run's own files"
-        )
-    module.load_state_dict(tensors)
+    if wrong:
+        return (f"shape of {wrong[0]} is {tuple(tensors[wrong[0]].shape)}, expected "
+                f"{tuple(own[wrong[0]].shape)}")
+    return f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra else None
+
+
+def _renumber_before_fused_upsampling(module: nn.Module, tensors: dict[str, torch.Tensor]
+                                      ) -> dict[str, torch.Tensor]:
+    """Runs written before upsample + conv became one layer (`UpsampleConv2d`, 2026-11-29)
+    have a parameterless nn.Upsample before each such conv, one index earlier in the same
+    nn.Sequential: renumber their keys so that those runs still load."""
+    tables: dict[str, dict[int, int]] = {}  # "body." -> {old index: new index}
+    for name, seq in module.named_modules():
+        if isinstance(seq, nn.Sequential) and any(isinstance(m, UpsampleConv2d) for m in seq):
+            shift, table = 0, {}
+            for i, layer in enumerate(seq):
+                shift += isinstance(layer, UpsampleConv2d)
+                table[i + shift] = i
+            tables[f"{name}."] = table
+    renamed = {}
+    for key, value in tensors.items():
+        for prefix, table in tables.items():
+            head, _, rest = key.removeprefix(prefix).partition(".")
+            if key.startswith(prefix) and head.isdigit() and int(head) in table:
+                key = f"{prefix}{table[int(head)]}.{rest}"
+                break
+        renamed[key] = value
+    return renamed
 
 
 def read_json(path: Path) -> dict:
