@@ -271,3 +271,29 @@ def test_the_page_rerolls_picks_digits_switches_noise_and_shows_errors(server, b
                            timeout=30_000)
     assert page.is_hidden("#error")
     page.close()
+
+
+def test_the_page_keeps_its_state_in_its_address(server, browser):
+    """A link with ?n=&seed=&noise=&digit=&walk= opens that grid; each change updates the link."""
+    page = browser.new_page()
+    page.goto(f"{server}?n=12&seed=4242&noise=uniform&digit=3&walk=77")
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    assert [page.input_value(f"#{id}") for id in ("count", "seed", "noise", "digit")] == \
+        ["12", "4242", "uniform", "3"]
+    expected = page.evaluate("""async () => { const r = await fetch('/api/grid.png?n=12&seed=4242&noise=uniform&digit=3');
+        const img = new Image(); img.src = URL.createObjectURL(await r.blob()); await img.decode();
+        const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+        c.getContext('2d').drawImage(img, 0, 0); return c.toDataURL(); }""")
+    assert page.evaluate(PIXELS, "grid") == expected
+    assert "seed_b=77" in page.evaluate("decodeURIComponent(performance.getEntriesByType('resource')"
+                                        ".map((e) => e.name).join(' '))")
+    page.click("#reroll")
+    page.wait_for_function("() => !location.search.includes('seed=4242')", timeout=30_000)
+    query = dict(pair.split("=") for pair in page.evaluate("location.search")[1:].split("&"))
+    assert query == {"n": "12", "seed": page.input_value("#seed"), "noise": "uniform", "digit": "3",
+                     "walk": "77"}
+    page.goto(f"{server}?digit=42&noise=plaid")  # not offered: the defaults stay
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    assert page.input_value("#digit") == "" and page.input_value("#noise") != "plaid"
+    assert page.is_hidden("#error")
+    page.close()

@@ -25,6 +25,26 @@ function params() {
   return p;
 }
 
+// The page's state lives in its address (?n=&seed=&noise=&digit=&walk=), so a grid can be
+// bookmarked or shared as a link. Values the model doesn't offer are ignored; the rest go to
+// the server as typed, which answers bad ones with its own message.
+function restoreFromAddress() {
+  const q = new URLSearchParams(location.search);
+  if (q.has("n")) $("count").value = q.get("n");
+  if (q.has("seed")) $("seed").value = q.get("seed");
+  for (const id of ["noise", "digit"]) {
+    if (q.has(id) && [...$(id).options].some((o) => o.value === q.get(id))) $(id).value = q.get(id);
+  }
+  if (/^\d+$/.test(q.get("walk") || "")) walkSeed = Number(q.get("walk"));
+}
+
+function rememberInAddress() {
+  const q = new URLSearchParams({ n: $("count").value, seed: $("seed").value.trim(), noise: $("noise").value });
+  if ($("digit").value) q.set("digit", $("digit").value);
+  q.set("walk", walkSeed);
+  history.replaceState(null, "", `?${q}`);
+}
+
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = !message;
@@ -63,6 +83,7 @@ function swap(img, url, previous) {
 }
 
 async function update() {
+  rememberInAddress();
   const p = params();
   const url = await load(`/api/grid.png?${p}`, "grid");
   if (!url) return;
@@ -97,10 +118,11 @@ async function start() {
     for (const d of info.classes) $("digit").add(new Option(String(d), String(d)));
     $("digit-label").hidden = false;
   }
+  restoreFromAddress();
   for (const id of ["count", "seed", "noise", "digit"]) $(id).addEventListener("change", update);
   $("controls").addEventListener("submit", (e) => { e.preventDefault(); update(); });
   $("reroll").addEventListener("click", () => { $("seed").value = randomSeed(); update(); });
-  $("new-walk").addEventListener("click", () => { walkSeed = randomSeed(); updateWalk(); });
+  $("new-walk").addEventListener("click", () => { walkSeed = randomSeed(); rememberInAddress(); updateWalk(); });
   document.addEventListener("keydown", (e) => {
     if (e.key === "r" && !(e.target instanceof HTMLInputElement)) $("reroll").click();
   });
