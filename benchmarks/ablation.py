@@ -27,6 +27,7 @@ VARIANTS: dict[str, list[str]] = {
     "without EMA of G": ["train.ema=0"],
     "with DiffAugment (translation, cutout)": ["train.augment=translation,cutout"],
     "with R1 penalty (gamma 1)": ["train.r1=1.0"],
+    "nearest upsampling + conv, not transposed convs": ["generator.upsample_mode=nearest"],
 }
 
 
