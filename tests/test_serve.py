@@ -194,7 +194,9 @@ def server(runs):
     yield match.group(1)
     process.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
     assert process.wait(timeout=20) == 0
-    assert process.stderr.read().strip() == "mnistgan: stopped"
+    said = process.stderr.read().strip().splitlines()  # uvicorn's warnings for each 503, if any
+    assert said[-1] == "mnistgan: stopped"
+    assert all(line == "WARNING:  Exceeded concurrency limit." for line in said[:-1]), said
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +213,29 @@ def browser():
                   "--disable-component-update", "--disable-sync", "--no-first-run"])
         yield browser
         browser.close()
+
+
+def test_beyond_its_connection_limit_the_server_answers_503_and_keeps_serving(server):
+    """More simultaneous requests than MAX_CONNECTIONS: the excess get 503 at once, the rest
+    their grids, and the server answers normally afterwards."""
+    import concurrent.futures
+    import urllib.error
+    import urllib.request
+
+    from mnistgan.serve.app import MAX_CONNECTIONS
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(server + path, timeout=120) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with concurrent.futures.ThreadPoolExecutor(MAX_CONNECTIONS + 24) as pool:
+        codes = list(pool.map(get, [f"api/grid.png?n=128&scale=1&seed={i}"
+                                    for i in range(MAX_CONNECTIONS + 24)]))
+    assert set(codes) == {200, 503} and codes.count(200) >= MAX_CONNECTIONS // 2, codes
+    assert get("api/info") == 200
 
 
 PIXELS = """(id) => { const img = document.getElementById(id);
@@ -280,7 +305,8 @@ def test_the_page_keeps_its_state_in_its_address(server, browser):
     page.wait_for_selector("body[data-ready=true]", timeout=30_000)
     assert [page.input_value(f"#{id}") for id in ("count", "seed", "noise", "digit")] == \
         ["12", "4242", "uniform", "3"]
-    expected = page.evaluate("""async () => { const r = await fetch('/api/grid.png?n=12&seed=4242&noise=uniform&digit=3');
+    expected = page.evaluate("""async () => {
+        const r = await fetch('/api/grid.png?n=12&seed=4242&noise=uniform&digit=3');
         const img = new Image(); img.src = URL.createObjectURL(await r.blob()); await img.decode();
         const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
         c.getContext('2d').drawImage(img, 0, 0); return c.toDataURL(); }""")

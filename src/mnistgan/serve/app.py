@@ -172,6 +172,7 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # before the address is printed: from then on, connections queue
     except OSError as exc:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}): "
