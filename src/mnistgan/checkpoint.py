@@ -73,9 +73,10 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, str
 def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """`load_state_dict` that explains a mismatch instead of dumping a traceback."""
     problem = _mismatch(module, tensors)
-    if problem and not _mismatch(module, upgraded := _renumber_before_fused_upsampling(
-            module, tensors)):
-        tensors, problem = upgraded, None
+    if problem:
+        upgraded = _renumber_before_fused_upsampling(module, tensors)
+        if _mismatch(module, upgraded) is None:
+            tensors, problem = upgraded, None
     if problem:
         raise UserError(
             f"weights in {source} do not fit the network its config describes ({problem}): "
@@ -111,8 +112,10 @@ def _renumber_before_fused_upsampling(module: nn.Module, tensors: dict[str, torc
     renamed = {}
     for key, value in tensors.items():
         for prefix, table in tables.items():
-            head, _, rest = key.removeprefix(prefix).partition(".")
-            if key.startswith(prefix) and head.isdigit() and int(head) in table:
+            if not key.startswith(prefix):
+                continue
+            head, _, rest = key[len(prefix):].partition(".")
+            if head.isdigit() and int(head) in table:
                 key = f"{prefix}{table[int(head)]}.{rest}"
                 break
         renamed[key] = value

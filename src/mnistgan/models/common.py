@@ -97,8 +97,7 @@ class UpsampleConv2d(nn.Conv2d):
         if not self.fused:
             return super().forward(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
         # weight (out, in, k, k) -> transposed-conv weight (in, out, k+1, k+1)
-        kernel = torch.einsum("ak,oikl,bl->ioab", self.fold.to(self.weight.dtype), self.weight,
-                              self.fold.to(self.weight.dtype))
+        kernel = torch.einsum("ak,oikl,bl->ioab", self.fold, self.weight, self.fold)
         return nn.functional.conv_transpose2d(x, kernel, self.bias, stride=2,
                                               padding=self.fold_padding)
 
