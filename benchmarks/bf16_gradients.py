@@ -42,7 +42,6 @@ def flat_gradients(gan: GAN, batch: tuple, g_bf16: bool, d_bf16: bool, mask_seed
         logits = gan.D(fake, y).float()
     g_loss = gan.loss.generator(logits)
     g_grads = torch.autograd.grad(g_loss, list(gan.G.parameters()))
-    g_loss = g_loss.detach()
     images = torch.cat([real, fake.detach()])
     labels = None if y is None else torch.cat([y_real, y])
     targets = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))])
@@ -50,9 +49,8 @@ def flat_gradients(gan: GAN, batch: tuple, g_bf16: bool, d_bf16: bool, mask_seed
         logits = gan.D(images, labels).float()
     d_loss = gan.loss.discriminator(logits, targets)
     d_grads = torch.autograd.grad(d_loss, list(gan.D.parameters()))
-    d_loss = d_loss.detach()
     return (torch.cat([g.flatten() for g in g_grads]), torch.cat([g.flatten() for g in d_grads]),
-            g_loss.item(), d_loss.item())
+            g_loss.detach().item(), d_loss.detach().item())
 
 
 def draw(gan: GAN, n: int) -> tuple:

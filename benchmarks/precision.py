@@ -40,19 +40,21 @@ def run_and_evaluate(args: argparse.Namespace, precision: str, seed: int) -> dic
     run, result = args.out / name, args.out / f"{name}-step{args.steps}.json"
     if not result.exists():
         start = time.perf_counter()
-        train = [sys.executable, "-m", "mnistgan", "train", "--steps", str(args.steps), "--no-progress"]
-        if run_step(run) >= args.steps:
-            train = []  # trained, not yet evaluated
-        elif (run / "config.json").exists():
-            train += ["--resume", str(run)]  # its config keeps its one thread
-        else:
-            train += ["--preset", args.preset, "--precision", precision, "--seed", str(seed),
-                      "--threads", "1", "--out", str(run), *(f"--set={kv}" for kv in args.set)]
-        evaluate = [sys.executable, "-m", "mnistgan", "evaluate", str(run), "--n", str(args.n),
-                    "--json", str(result)]
+        commands = []
+        if run_step(run) < args.steps:
+            train = [sys.executable, "-m", "mnistgan", "train", "--steps", str(args.steps),
+                     "--no-progress"]
+            if (run / "config.json").exists():
+                train += ["--resume", str(run)]  # its config keeps its one thread
+            else:
+                train += ["--preset", args.preset, "--precision", precision, "--seed", str(seed),
+                          "--threads", "1", "--out", str(run), *(f"--set={kv}" for kv in args.set)]
+            commands.append(train)
+        commands.append([sys.executable, "-m", "mnistgan", "evaluate", str(run), "--n", str(args.n),
+                         "--json", str(result)])
         log = args.out / f"{name}.log"
         with log.open("a") as out:
-            for command in [train, evaluate] if train else [evaluate]:
+            for command in commands:
                 if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
                     sys.exit(f"precision.py: {' '.join(command)} failed: see {log}")
         print(f"  {name}: {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr, flush=True)
