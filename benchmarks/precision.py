@@ -5,10 +5,12 @@ The unstable presets spread widely from seed to seed (text 004's FID after 2,000
 over 2x between two float32 seeds), so one pair says little: this prints every run, the mean
 per precision, and a bootstrap interval for the ratio of the means. Runs go through the CLI,
 one thread each, `--jobs` at a time; a run whose evaluation is already in OUT is reused, an
-unfinished or shorter one resumed, so more seeds can be added to the same OUT later.
+unfinished or shorter one resumed, so more seeds (or precisions) can be added to the same
+OUT later. The first of --precisions is the baseline the others are compared with.
 
-    python benchmarks/precision.py --preset seed-004 --steps 2000 --seeds 0 1 2 3 \\
-        --set train.pretrain_images=2000 --jobs 2 --out runs/precision-seed-004
+    python benchmarks/precision.py --preset seed-004 --steps 2000 --seeds 0 1 2 3 4 \\
+        --precisions fp32 bf16 bf16-d --set train.pretrain_images=2000 --jobs 2 \\
+        --out runs/precision-seed-004
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mnistgan.checkpoint import list_checkpoints
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def run_step(run: Path) -> int:
@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--preset", default="seed-004")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                        choices=["fp32", "bf16", "bf16-d"], help="the first is the baseline")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every run (repeatable)")
     parser.add_argument("--n", type=int, default=5000, help="samples per evaluation")
@@ -82,26 +84,29 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    jobs = [(p, s) for s in args.seeds for p in PRECISIONS]
+    jobs = [(p, s) for s in args.seeds for p in args.precisions]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip(jobs, pool.map(lambda job: run_and_evaluate(args, *job), jobs), strict=True))
 
     print(f"| {args.preset}, {args.steps} steps | " + " | ".join(f"seed {s}" for s in args.seeds)
           + " | mean | median |")
     print("|---" * (len(args.seeds) + 3) + "|")
-    fids = {p: [results[p, s]["fid"] for s in args.seeds] for p in PRECISIONS}
-    for p in PRECISIONS:
+    fids = {p: [results[p, s]["fid"] for s in args.seeds] for p in args.precisions}
+    for p in args.precisions:
         print(f"| FID, {p} | " + " | ".join(f"{f:.2f}" for f in fids[p])
               + f" | {statistics.fmean(fids[p]):.2f} | {statistics.median(fids[p]):.2f} |")
-    for p in PRECISIONS:
+    for p in args.precisions:
         print(f"| missing / rare digits, {p} | " + " | ".join(
             f"{results[p, s]['missing_digits']:.0f} / {results[p, s]['rare_digits']:.0f}"
             for s in args.seeds) + " | | |")
-    ratio = statistics.fmean(fids["bf16"]) / statistics.fmean(fids["fp32"])
-    low, high = bootstrap_ratio(fids["fp32"], fids["bf16"])
-    better = sum(b < f for b, f in zip(fids["bf16"], fids["fp32"], strict=True))
-    print(f"\nmean FID bf16 / fp32: {ratio:.3f} (95 % bootstrap interval {low:.2f}-{high:.2f}); "
-          f"bf16 lower in {better} of {len(args.seeds)} seeds")
+    base = args.precisions[0]
+    print()
+    for p in args.precisions[1:]:
+        ratio = statistics.fmean(fids[p]) / statistics.fmean(fids[base])
+        low, high = bootstrap_ratio(fids[base], fids[p])
+        better = sum(b < f for b, f in zip(fids[p], fids[base], strict=True))
+        print(f"mean FID {p} / {base}: {ratio:.3f} (95 % bootstrap interval {low:.2f}-{high:.2f}); "
+              f"{p} lower in {better} of {len(args.seeds)} seeds")
     print(f"{args.n} samples each; overrides: {' '.join(args.set) or '-'}")
 
 

@@ -6,7 +6,8 @@ runs the iteration as the texts write it: `generator.predict(noise)` for the fak
 `discriminator.train_on_batch` on real and fake (two calls, or one on the mixed batch for
 text 004), then `gan.train_on_batch(noise, ones)` on the stacked model with D frozen. Our
 side times `GAN.train_step()` with the preset as shipped (its own thread count and, for a
-second row on the conv presets, `--precision bf16` autocast).
+second and third row on the conv presets, `--precision bf16` autocast in both networks and
+`--precision bf16-d` in D only).
 
 Method: each measurement runs in its own subprocess, so TensorFlow and PyTorch never share a
 process, and the two sides take turns (Keras, ours, Keras, ours, ...) with the machine to
@@ -242,11 +243,13 @@ def main() -> None:
         print("vs_keras: TensorFlow is not installed: pip install -e '.[bench-keras]'", file=sys.stderr)
         raise SystemExit(2) from None
     print("| preset | batch | Keras it/s | ours fp32 it/s (threads) | ratio | ours bf16 it/s | ratio | "
-          "params G / D (both) | Keras: D learns, frozen in stack |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+          "ours bf16 in D it/s | ratio | params G / D (both) | Keras: D learns, frozen in stack |")
+    print("|---" * 11 + "|", flush=True)
     results = {}
     for preset in args.presets:
-        sides = ["keras", "ours:fp32"] + (["ours:bf16"] if preset in ("seed-000", "seed-004") else [])
+        sides = ["keras", "ours:fp32"]
+        if preset in ("seed-000", "seed-004"):
+            sides += ["ours:bf16", "ours:bf16-d"]
         runs: dict[str, list[dict]] = {s: [] for s in sides}
         for _ in range(args.rounds):
             for side in sides:
@@ -259,8 +262,8 @@ def main() -> None:
         from mnistgan import load_config
 
         batch = load_config(preset).train.batch_size
-        bf16 = (f"{med['ours:bf16']:.2f} | {med['ours:bf16'] / med['keras']:.2f}×"
-                if "ours:bf16" in med else "- | -")
+        bf16 = " | ".join(f"{med[s]:.2f} | {med[s] / med['keras']:.2f}×" if s in med else "- | -"
+                          for s in ("ours:bf16", "ours:bf16-d"))
         print(f"| {preset} | {batch} | {med['keras']:.2f} | {med['ours:fp32']:.2f} ({o['threads']}) | "
               f"{med['ours:fp32'] / med['keras']:.2f}× | {bf16} | {o['params_g']:,} / {o['params_d']:,} | "
               f"{'yes' if k['d_updated'] else 'no'} |", flush=True)

@@ -156,6 +156,27 @@ def test_bf16_autocast_trains(tmp_path, mnist_dir):
                if v.is_floating_point())
 
 
+@pytest.mark.parametrize("precision, g_dtype, d_dtype", [
+    ("fp32", torch.float32, torch.float32),
+    ("bf16", torch.bfloat16, torch.bfloat16),
+    ("bf16-d", torch.float32, torch.bfloat16),
+])
+def test_precision_chooses_which_networks_run_in_bfloat16(precision, g_dtype, d_dtype, mnist_dir):
+    from mnistgan.data import ImageBank
+    from mnistgan.train import GAN
+
+    config = load_config("seed-004", [*TINY["seed-004"], "train.pretrain_images=0",
+                                      f"train.precision={precision}"])
+    data = ImageBank.load("mnist", "train", str(mnist_dir), [], config.data.value_range)
+    gan = GAN(config, data, torch.device("cpu"))
+    seen = {"G": set(), "D": set()}
+    gan.G.register_forward_hook(lambda module, args, out: seen["G"].add(out.dtype))
+    gan.D.register_forward_hook(lambda module, args, out: seen["D"].add(out.dtype))
+    stats = gan.train_step()
+    assert seen == {"G": {g_dtype}, "D": {d_dtype}}
+    assert stats.dtype == torch.float32 and torch.isfinite(stats).all()
+
+
 def test_time_budget_stops_cleanly(tmp_path, mnist_dir):
     config = tiny("seed-002", steps=1_000_000, extra=["train.max_minutes=0.02",
                                                       "train.log_every=1000"])

@@ -57,7 +57,7 @@ NAMED = {
     "dataset": ("data.dataset", str, "mnist, fashion-mnist or kmnist"),
     "device": ("train.device", str, "cpu, cuda, mps or auto"),
     "threads": ("train.threads", positive_int, "CPU threads for PyTorch"),
-    "precision": ("train.precision", str, "fp32 or bf16 (bfloat16 autocast)"),
+    "precision": ("train.precision", str, "fp32, bf16 (bfloat16 autocast) or bf16-d (autocast in D only)"),
     "log_every": ("train.log_every", positive_int, "steps between metric rows"),
     "sample_every": ("train.sample_every", positive_int, "steps between sample grids"),
 }

@@ -201,8 +201,9 @@ class TrainConfig:
     threads: int = 0  # 0: PyTorch's default
     device: Literal["cpu", "cuda", "mps", "auto"] = "cpu"
     # "bf16": bfloat16 autocast for the networks' matmuls and convolutions (weights, optimiser
-    # state and losses stay float32).
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # state and losses stay float32). "bf16-d": in D only, G stays float32: most of bf16's
+    # error in one step's G gradient comes from G's own layers (benchmarks/bf16_gradients.py).
+    precision: Literal["fp32", "bf16", "bf16-d"] = "fp32"
     # Channels-last (NHWC) tensors for the conv layers: oneDNN's fast path for narrow convs
     # (measured in BENCHMARKS.md; it helps the small `best` networks, not text 000's).
     channels_last: bool = False

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -151,7 +151,7 @@ class GAN:
         fakes = "predict" G runs in inference mode, exactly as Keras's generator.predict()."""
         predict = self.config.train.fakes == "predict"
         self.G.train(not predict)
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.autocast("G"):
             fake = self.G(z, y).float()
         self.G.train()
         return fake
@@ -167,9 +167,11 @@ class GAN:
 
     # -- the two updates -----------------------------------------------------------------
 
-    def autocast(self) -> torch.autocast:
+    def autocast(self, net: Literal["G", "D"]) -> torch.autocast:
+        """bfloat16 autocast around a forward of G or D, as train.precision asks."""
+        precision = self.config.train.precision
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.config.train.precision == "bf16")
+                              enabled=precision == "bf16" or (precision == "bf16-d" and net == "D"))
 
     def judge(self, images: torch.Tensor, y: torch.Tensor | None,
               net: torch.nn.Module | None = None) -> torch.Tensor:
@@ -181,7 +183,7 @@ class GAN:
             images = augment(images, t.augment, self.background)
         if t.instance_noise:
             images = images + t.instance_noise * torch.randn_like(images)
-        with self.autocast():
+        with self.autocast("D"):
             logits = (self.D if net is None else net)(images, y)
         return logits.float()
 
@@ -221,7 +223,7 @@ class GAN:
         shared = None
         if t.share_fakes:
             self.G.train()
-            with self.autocast():
+            with self.autocast("G"):
                 shared = self.G_train(z, y).float()
             fake = shared.detach()
         else:
@@ -259,7 +261,7 @@ class GAN:
         self.D.train()
         self.D.requires_grad_(False)
         if fake is None:
-            with self.autocast():
+            with self.autocast("G"):
                 fake = self.G_train(z, y).float()
         loss = self.loss.generator(self.judge(fake, y))
         self.opt_g.zero_grad(set_to_none=True)
