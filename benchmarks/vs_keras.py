@@ -10,7 +10,7 @@ second and third row on the conv presets, `--precision bf16` autocast in both ne
 `--precision bf16-d` in D only).
 
 Method: each measurement runs in its own subprocess, so TensorFlow and PyTorch never share a
-process, and the two sides take turns (Keras, ours, Keras, ours, ...) with the machine to
+process, and the sides take turns (Keras, ours, Keras, ours, ...) with the machine to
 themselves; warm-up iterations (Keras's tracing included) are excluded; each of --repeats
 windows lasts --seconds; the table gives medians and the ratio of medians. Keras runs with its
 defaults (all cores). Needs the optional extra: `pip install -e '.[bench-keras]'`.
@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2,
-                        help="alternations of the two sides; each round runs --repeats windows")
+                        help="alternations of the sides; each round runs --repeats windows")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
