@@ -24,8 +24,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import get_args
 
 from mnistgan.checkpoint import list_checkpoints
+from mnistgan.config import Precision
 
 
 def run_step(run: Path) -> int:
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
-                        choices=["fp32", "bf16", "bf16-d"], help="the first is the baseline")
+                        choices=get_args(Precision), help="the first is the baseline")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every run (repeatable)")
     parser.add_argument("--n", type=int, default=5000, help="samples per evaluation")

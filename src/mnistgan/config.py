@@ -29,6 +29,7 @@ else:  # pragma: no cover - Python 3.10
 
 Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "none"]
 Init = Literal["keras", "torch", "glorot_uniform", "glorot_normal", "dcgan"]
+Precision = Literal["fp32", "bf16", "bf16-d"]
 
 
 @dataclass
@@ -203,7 +204,7 @@ class TrainConfig:
     # "bf16": bfloat16 autocast for the networks' matmuls and convolutions (weights, optimiser
     # state and losses stay float32). "bf16-d": in D only, G stays float32: most of bf16's
     # error in one step's G gradient comes from G's own layers (benchmarks/bf16_gradients.py).
-    precision: Literal["fp32", "bf16", "bf16-d"] = "fp32"
+    precision: Precision = "fp32"
     # Channels-last (NHWC) tensors for the conv layers: oneDNN's fast path for narrow convs
     # (measured in BENCHMARKS.md; it helps the small `best` networks, not text 000's).
     channels_last: bool = False
