@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mnistgan.checkpoint import list_checkpoints, read_checkpoint, restore
+from mnistgan.checkpoint import list_checkpoints, read_checkpoint
 from mnistgan.config import config_from_json
 from mnistgan.data import ImageBank
 from mnistgan.train import GAN
@@ -75,20 +75,19 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for checkpoint in list_checkpoints(args.run / "checkpoints"):
         gan = GAN(config, data, torch.device("cpu"))
-        tensors, meta = read_checkpoint(checkpoint)
-        restore(gan, tensors, meta, str(checkpoint))
+        gan.load_state_dict(read_checkpoint(checkpoint)["gan"], str(checkpoint))
         gan.G.train()
         gan.D.train()
         batch, other = draw(gan, args.batch), draw(gan, args.batch)
         ref_g, ref_d, g_loss, d_loss = flat_gradients(gan, batch, False, False, 0)
-        print(f"| {meta['step']} | float32 (reference) | {g_loss:.3f} | {d_loss:.4f} | | | | |")
+        print(f"| {gan.step} | float32 (reference) | {g_loss:.3f} | {d_loss:.4f} | | | | |")
         for label, g_bf16, d_bf16, masks, another in VARIANTS:
             g, d, g_loss, d_loss = flat_gradients(gan, other if another else batch, g_bf16, d_bf16,
                                                   int(masks))
             errors = [f"{float((a - b).norm() / b.norm()):.3f} | "
                       f"{float(torch.nn.functional.cosine_similarity(a, b, 0)):.3f}"
                       for a, b in ((g, ref_g), (d, ref_d))]
-            print(f"| {meta['step']} | {label} | {g_loss:.3f} | {d_loss:.4f} | {errors[0]} | {errors[1]} |")
+            print(f"| {gan.step} | {label} | {g_loss:.3f} | {d_loss:.4f} | {errors[0]} | {errors[1]} |")
     print(f"\nbatch {args.batch} real + {args.batch} fake; run {args.run}; torch {torch.__version__}")
 
 

@@ -94,9 +94,9 @@ def test_ema_generator_is_what_the_run_saves(tmp_path, mnist_dir):
     # Rebuild the live G from the final checkpoint: the saved generator is its average.
     from mnistgan.checkpoint import list_checkpoints, read_checkpoint
 
-    tensors, _ = read_checkpoint(list_checkpoints(run / "checkpoints")[-1])
-    live = {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}
-    ema = {k[len("G_ema.module."):]: v for k, v in tensors.items() if k.startswith("G_ema.module.")}
+    state = read_checkpoint(list_checkpoints(run / "checkpoints")[-1])["gan"]
+    live = state["G"]
+    ema = {k[len("module."):]: v for k, v in state["G_ema"].items() if k.startswith("module.")}
     weight = next(k for k in saved if k.endswith("weight") and saved[k].ndim > 1)
     assert torch.equal(saved[weight], ema[weight])
     assert not torch.equal(saved[weight], live[weight])

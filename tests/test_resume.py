@@ -109,7 +109,7 @@ def test_signal_checkpoints_and_says_how_to_resume(sig, code, tmp_path, mnist_di
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert f"mnistgan train --resume {run}" in err and "Traceback" not in err
-    step = read_checkpoint(list_checkpoints(run / "checkpoints")[-1])[1]["step"]
+    step = read_checkpoint(list_checkpoints(run / "checkpoints")[-1])["gan"]["counters"]["step"]
     assert step >= 10 and (run / "generator.safetensors").is_file()
     resumed = resume(run, steps=step + 5, progress=False)
     assert resumed.steps == step + 5
@@ -129,9 +129,9 @@ def test_kill_9_at_random_moments_never_loses_the_last_checkpoint(tmp_path, mnis
         proc.kill()
         proc.wait()
         checkpoints = list_checkpoints(run / "checkpoints")
-        _, meta = read_checkpoint(checkpoints[-1])  # loads: not damaged
-        assert meta["step"] >= last
-        last = meta["step"]
+        step = read_checkpoint(checkpoints[-1])["gan"]["counters"]["step"]  # loads: not damaged
+        assert step >= last
+        last = step
         if last >= 400:
             break
         proc = start(["--resume", run, "--no-progress"], tmp_path)

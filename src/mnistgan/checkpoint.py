@@ -3,12 +3,12 @@
 Weights: a network's tensors in safetensors with the resolved config in the file's metadata
 (`save_weights`, `load_weights`), so a weights file alone is enough to sample.
 
-Training checkpoints: everything needed to continue a run exactly where it stopped.
+Training checkpoints: everything needed to continue a run exactly where it stopped. The
+state comes from its owners (`GAN.state_dict()`, the loop's counters) as one nested dict;
+this module only writes and reads it.
 
-    RUN/checkpoints/step_0001000/state.safetensors   every tensor: G, D, both Adam states,
-                                                     RNG states, the unlogged metric sums
-    RUN/checkpoints/step_0001000/state.json          everything else: counters, optimiser
-                                                     settings, Python and NumPy RNG states
+    RUN/checkpoints/step_0001000/state.safetensors   every tensor of the state, by its path
+    RUN/checkpoints/step_0001000/state.json          the rest, with the tensors' places
     RUN/checkpoints/step_0001000/manifest.json       SHA-256 of the two files above
 
 A checkpoint is written into a hidden temporary folder that is renamed into place only once
@@ -21,13 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as safetensors_load
@@ -42,10 +39,14 @@ from .models.common import UpsampleConv2d
 FORMAT = "mnistgan-weights-1"
 
 
-def save_weights(module: nn.Module, path: str | Path, config: Config, role: str) -> Path:
-    """Save a network's state (parameters and batch-norm buffers) with its config."""
+def save_weights(module: nn.Module, path: str | Path, config: Config, role: str,
+                 step: int | None = None) -> Path:
+    """Save a network's state (parameters and batch-norm buffers) with its config and the
+    training step it was taken at."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {"format": FORMAT, "role": role, "config": config.to_json()}
+    if step is not None:
+        metadata["step"] = str(step)
     return atomic_write(path, safetensors_bytes(tensors, metadata=metadata))
 
 
@@ -132,76 +133,59 @@ def read_json(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------
 # Training checkpoints
 
-STATE_FORMAT = "mnistgan-checkpoint-1"
-
-
-@dataclass
-class Snapshot:
-    """What the training loop hands over to be saved, beyond the GAN itself."""
-
-    metric_sums: torch.Tensor
-    since_log: int
-    best_fid: float | None = None
+STATE_FORMAT = "mnistgan-checkpoint-2"
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    state = opt.state_dict()
-    tensors = {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            tensors[f"{prefix}.{index}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
-    return tensors, {"param_groups": state["param_groups"]}
+def flatten_state(tree: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Split a nested state (dicts, lists, tensors, JSON values) into its tensors, keyed by
+    their path, and a JSON skeleton that refers to them by key. Dicts keyed by integers (an
+    optimiser's per-parameter state) keep their keys' type."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if torch.is_tensor(node):
+            tensors[path] = node.detach().cpu().contiguous()
+            return {"$tensor": path}
+        if isinstance(node, dict):
+            if node and all(isinstance(k, int) for k in node):
+                return {"$int_keys": {str(k): walk(v, f"{path}.{k}") for k, v in node.items()}}
+            return {k: walk(v, f"{path}.{k}" if path else k) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(node)]
+        return node
+
+    return tensors, walk(tree, "")
 
 
-def _optimizer_state(prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
+    """The inverse of `flatten_state`."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"$tensor"}:
+            return tensors[skeleton["$tensor"]]
+        if set(skeleton) == {"$int_keys"}:
+            return {int(k): unflatten_state(tensors, v) for k, v in skeleton["$int_keys"].items()}
+        return {k: unflatten_state(tensors, v) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_state(tensors, v) for v in skeleton]
+    return skeleton
 
 
-def save_checkpoint(gan: Any, snapshot: Snapshot, folder: Path, keep: int, wall_s: float = 0.0) -> Path:
-    """Write a checkpoint of `gan` (a train.GAN) at its current step; keep the newest `keep`."""
-    tensors = {f"G.{k}": v for k, v in gan.G.state_dict().items()}
-    tensors |= {f"D.{k}": v for k, v in gan.D.state_dict().items()}
-    if gan.G_ema is not None:
-        tensors |= {f"G_ema.{k}": v for k, v in gan.G_ema.state_dict().items()}
-    opt_g, meta_g = _optimizer_tensors("opt_g", gan.opt_g)
-    opt_d, meta_d = _optimizer_tensors("opt_d", gan.opt_d)
-    tensors |= opt_g | opt_d
-    tensors |= {
-        "rng.torch": torch.get_rng_state(),
-        "rng.data": gan.data_rng.get_state(),
-        "rng.noise": gan.noise_rng.get_state(),
-        "loop.metric_sums": snapshot.metric_sums,
-        "loop.epoch_order": gan.epoch_order,
-    }
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    np_state = np.random.get_state()
-    meta = {
-        "format": STATE_FORMAT,
-        "step": gan.step, "d_updates": gan.d_updates, "g_updates": gan.g_updates,
-        "since_log": snapshot.since_log, "wall_s": wall_s, "best_fid": snapshot.best_fid,
-        "opt_g": meta_g, "opt_d": meta_d,
-        "rng_python": _jsonable(random.getstate()),
-        "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "config": gan.config.to_dict(),
-    }
+def save_checkpoint(state: dict[str, Any], folder: Path, step: int, keep: int) -> Path:
+    """Write a training state (any nested dict of tensors and JSON values) as the checkpoint
+    of `step`; keep the newest `keep`."""
+    tensors, skeleton = flatten_state(state)
     blobs = {"state.safetensors": safetensors_bytes(tensors),
-             "state.json": json.dumps(meta).encode()}
+             "state.json": json.dumps({"format": STATE_FORMAT, "step": step,
+                                       "state": skeleton}).encode()}
     manifest = {name: _sha256(data) for name, data in blobs.items()}
 
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{gan.step:07d}"
-    tmp = folder / f".tmp-step_{gan.step:07d}-{os.getpid()}"
+    final = folder / f"step_{step:07d}"
+    tmp = folder / f".tmp-step_{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, data in blobs.items():
@@ -223,8 +207,13 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step_*") if p.is_dir())
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify one checkpoint folder; damaged ones are refused with a clear error."""
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len("step_"):])
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and verify one checkpoint folder: the state `save_checkpoint` was given. Damaged
+    ones are refused with a clear error."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
         blobs = {name: (path / name).read_bytes() for name in ("state.safetensors", "state.json")}
@@ -238,45 +227,44 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     try:
         tensors = safetensors_load(blobs["state.safetensors"])
         meta = json.loads(blobs["state.json"])
-    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if meta.get("format") == "mnistgan-checkpoint-1":
+            return _from_format_1(tensors, meta)
+        if meta.get("format") != STATE_FORMAT:
+            raise UserError(f"checkpoint {path} is not an mnistgan checkpoint: delete that folder")
+        return unflatten_state(tensors, meta["state"])
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
+            AttributeError) as exc:
         raise UserError(f"checkpoint {path} cannot be read ({exc}): delete that folder") from None
-    if meta.get("format") != STATE_FORMAT:
-        raise UserError(f"checkpoint {path} is not an mnistgan checkpoint: delete that folder")
-    return tensors, meta
 
 
-def restore(gan: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> Snapshot:
-    """Load a checkpoint into a freshly built `gan` (same config) and return the loop state."""
+def _from_format_1(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints written before the training state had one owner (until 2026-12-01): flat
+    tensor names and one torch RNG state, which every rank then used."""
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
-    load_state(gan.G, part("G"), source)
-    load_state(gan.D, part("D"), source)
-    if gan.G_ema is not None:
-        load_state(gan.G_ema, part("G_ema"), source)
-    try:
-        gan.opt_g.load_state_dict(_optimizer_state("opt_g", tensors, meta["opt_g"]))
-        gan.opt_d.load_state_dict(_optimizer_state("opt_d", tensors, meta["opt_d"]))
-        _match_layouts(gan.opt_g)
-        _match_layouts(gan.opt_d)
-        gan.step, gan.d_updates, gan.g_updates = meta["step"], meta["d_updates"], meta["g_updates"]
-        torch.set_rng_state(tensors["rng.torch"])
-        gan.data_rng.set_state(tensors["rng.data"])
-        gan.noise_rng.set_state(tensors["rng.noise"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        gan.epoch_order = tensors["loop.epoch_order"].to(gan.device)
-        random.setstate(_tupled(meta["rng_python"]))
-        kind, keys, *rest = meta["rng_numpy"]
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-        return Snapshot(tensors["loop.metric_sums"].to(gan.device), int(meta["since_log"]),
-                        meta.get("best_fid"))
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise UserError(f"checkpoint {source} does not fit this run ({exc}): "
-                        "resume with the run folder it was written in") from None
+    def optimiser(prefix: str) -> dict[str, Any]:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in part(prefix).items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        return {"state": state, "param_groups": meta[prefix]["param_groups"]}
+
+    gan = {"G": part("G"), "D": part("D"), "opt_g": optimiser("opt_g"), "opt_d": optimiser("opt_d"),
+           "counters": {k: meta[k] for k in ("step", "d_updates", "g_updates")},
+           "epoch_order": tensors["loop.epoch_order"],
+           "rng": {"data": tensors["rng.data"], "noise": tensors["rng.noise"],
+                   "torch": [tensors["rng.torch"]]}}
+    if "rng.cuda" in tensors:
+        gan["rng"]["cuda"] = [tensors["rng.cuda"]]
+    if any(k.startswith("G_ema.") for k in tensors):
+        gan["G_ema"] = part("G_ema")
+    return {"gan": gan, "config": meta["config"],
+            "loop": {"metric_sums": tensors["loop.metric_sums"], "since_log": meta["since_log"],
+                     "wall_s": meta.get("wall_s", 0.0), "best_fid": meta.get("best_fid")}}
 
 
-def _match_layouts(opt: torch.optim.Optimizer) -> None:
+def match_layouts(opt: torch.optim.Optimizer) -> None:
     """Give each moment tensor its parameter's memory layout: checkpoints store them
     contiguous, while channels-last parameters (and a fused Adam's exact arithmetic) want
     channels-last moments."""
@@ -284,14 +272,6 @@ def _match_layouts(opt: torch.optim.Optimizer) -> None:
         for name, value in state.items():
             if torch.is_tensor(value) and value.shape == param.shape:
                 state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-
-
-def _jsonable(value: Any) -> Any:
-    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-def _tupled(value: Any) -> Any:
-    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -93,6 +93,16 @@ def any_rank(world: World, *flags: bool) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def gather(world: World, tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `tensor` (same shape and dtype on all), in rank order, on every rank."""
+    if not world.distributed:
+        return [tensor]
+    local = tensor.to(world.device)
+    parts = [torch.empty_like(local) for _ in range(world.size)]
+    dist.all_gather(parts, local)
+    return [p.to(tensor.device) for p in parts]
+
+
 def mean_over_ranks(world: World, tensor: torch.Tensor) -> torch.Tensor:
     """The average of `tensor` over all ranks (a copy; the input is left as it is)."""
     if not world.distributed:

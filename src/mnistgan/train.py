@@ -29,10 +29,18 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .augment import augment
-from .checkpoint import Snapshot, list_checkpoints, read_checkpoint, restore, save_checkpoint, save_weights
+from .checkpoint import (
+    checkpoint_step,
+    list_checkpoints,
+    load_state,
+    match_layouts,
+    read_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from .config import Config, config_from_json
 from .data import ImageBank, to_uint8
-from .distributed import World, any_rank, join, lr_scale, mean_over_ranks, wrap
+from .distributed import World, any_rank, gather, join, lr_scale, mean_over_ranks, wrap
 from .errors import Interrupted, UserError
 from .generate import SAMPLE_CHUNK
 from .health import Finding, HealthMonitor, diversity
@@ -311,6 +319,69 @@ class GAN:
         self.D.train()
         return correct.float().mean().item()
 
+    # -- the training state ---------------------------------------------------------------
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The networks by the names their states are saved under."""
+        return {"G": self.G, "D": self.D} | ({"G_ema": self.G_ema} if self.G_ema is not None else {})
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything training changes: both networks (and G's average), both optimisers, the
+        update counters, the epoch's remaining order and every random stream, including each
+        rank's own global torch stream (dropout and augmentation masks differ per rank). A
+        collective under torchrun: every rank calls it at the same step."""
+        rng: dict[str, Any] = {"data": self.data_rng.get_state(), "noise": self.noise_rng.get_state(),
+                               "torch": gather(self.world, torch.get_rng_state())}
+        if self.device.type == "cuda":
+            rng["cuda"] = gather(self.world, torch.cuda.get_rng_state(self.device))
+        state = {name: net.state_dict() for name, net in self.networks().items()}
+        state |= {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                  "counters": {"step": self.step, "d_updates": self.d_updates,
+                               "g_updates": self.g_updates},
+                  "epoch_order": self.epoch_order, "rng": rng}
+        if self.world.distributed:
+            # Buffers drift apart between ranks (batch-norm statistics of the fakes' forward
+            # passes, spectral-norm vectors): each rank's own, beside rank 0's above.
+            state["rank_buffers"] = {name: {key: gather(self.world, buffer)
+                                            for key, buffer in net.named_buffers()}
+                                     for name, net in self.networks().items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
+        """Put back a `state_dict()` of a GAN built from the same config, on as many ranks."""
+        try:
+            for name, net in self.networks().items():
+                load_state(net, state[name], source)
+                with torch.no_grad():
+                    for key, buffer in net.named_buffers():
+                        if name in state.get("rank_buffers", {}):
+                            buffer.copy_(self._own(state["rank_buffers"][name][key]))
+            for opt, name in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+                opt.load_state_dict(state[name])
+                match_layouts(opt)
+            counters = state["counters"]
+            self.step, self.d_updates, self.g_updates = (
+                counters["step"], counters["d_updates"], counters["g_updates"])
+            self.epoch_order = state["epoch_order"].to(self.device)
+            rng = state["rng"]
+            self.data_rng.set_state(rng["data"])
+            self.noise_rng.set_state(rng["noise"])
+            torch.set_rng_state(self._own(rng["torch"]))
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(self._own(rng["cuda"]), self.device)
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise UserError(f"checkpoint {source} does not fit this run ({exc}): "
+                            "resume with the run folder it was written in") from None
+
+    def _own(self, per_rank: list[torch.Tensor]) -> torch.Tensor:
+        """This rank's entry of a per-rank list (checkpoints before 2026-12-01 held rank 0's
+        only, which every rank then used)."""
+        if len(per_rank) == 1:
+            return per_rank[0]
+        if len(per_rank) != self.world.size:
+            raise ValueError(f"RNG states of {len(per_rank)} ranks for {self.world.size}")
+        return per_rank[self.world.rank]
+
     @property
     def sampler(self) -> torch.nn.Module:
         """The generator that makes every image a user sees: G's moving average if kept."""
@@ -390,24 +461,24 @@ def resume(
     if not checkpoints:
         raise UserError(f"{folder.path} has no checkpoint to resume from (it stopped before its "
                         "first one): start it again with mnistgan train")
-    tensors, meta = read_checkpoint(checkpoints[-1])
+    state = read_checkpoint(checkpoints[-1])
+    step = checkpoint_step(checkpoints[-1])
     world, device, data, total = _prepare(config, data_dir)
     if world.size != config.train.world_size:
         n = config.train.world_size
         raise UserError(f"{folder.path} was trained by {n} process{'es' if n > 1 else ''}, this is "
                         f"{world.size}: resume with the same number (torchrun --nproc_per_node={n}"
                         f" ...{' or no torchrun' if n == 1 else ''}) so the batches stay the same")
-    if meta["step"] >= total:
-        raise UserError(f"{folder.path} is already at step {meta['step']} of {total}: "
-                        f"give a larger total, e.g. --steps {2 * meta['step']}")
+    if step >= total:
+        raise UserError(f"{folder.path} is already at step {step} of {total}: "
+                        f"give a larger total, e.g. --steps {2 * step}")
     gan = GAN(config, data, device, world)
-    snapshot = restore(gan, tensors, meta, str(checkpoints[-1]))
+    gan.load_state_dict(state["gan"], str(checkpoints[-1]))
     run = folder if world.main else None
     if run is not None:
         run.rewind(gan.step, config)
         run.note(f"resumed from {checkpoints[-1].name}: step {gan.step} of {total}")
-    return Loop(gan, run, total, progress, snapshot, float(meta.get("wall_s", 0.0)),
-                data_dir).run()
+    return Loop(gan, run, total, progress, state["loop"], data_dir).run()
 
 
 class Loop:
@@ -415,13 +486,18 @@ class Loop:
     sample grids, health findings, and the weights at the end (or the last good ones)."""
 
     def __init__(self, gan: GAN, run: RunFolder | None, steps: int, progress: bool,
-                 snapshot: Snapshot | None = None, wall_before: float = 0.0,
+                 resumed: dict[str, Any] | None = None,
                  data_dir: str | Path | None = None) -> None:
         # Ranks other than 0 of a distributed run train in step with rank 0 but write nothing.
         self.main = run is not None
         self.gan, self.folder, self.steps = gan, run or SilentFolder(), steps
-        self.snapshot = snapshot or Snapshot(torch.zeros(len(STATS), device=gan.device), 0)
-        self.wall_before = wall_before
+        # The loop's own state, carried across a resume: the sums of the metric rows not yet
+        # logged, the best FID so far and the wall time of earlier sessions.
+        resumed = resumed or {}
+        self.metric_sums = resumed.get("metric_sums", torch.zeros(len(STATS))).to(gan.device)
+        self.since_log = int(resumed.get("since_log", 0))
+        self.best_fid: float | None = resumed.get("best_fid")
+        self.wall_before = float(resumed.get("wall_s", 0.0))
         self.data_dir = data_dir
         self.signal: int | None = None
         config = gan.config
@@ -450,9 +526,7 @@ class Loop:
         return images, diversity(fake, self.real_grid)
 
     def weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        gan = self.gan
-        nets = {"G": gan.G, "D": gan.D} | ({"G_ema": gan.G_ema} if gan.G_ema is not None else {})
-        return {name: _copy(net) for name, net in nets.items()}
+        return {name: _copy(net) for name, net in self.gan.networks().items()}
 
     def say(self, text: str) -> None:
         self.folder.note(text)
@@ -470,7 +544,7 @@ class Loop:
                 acc = gan.pretrain_discriminator()
                 self.folder.note(f"pre-trained D on {t.pretrain_images} real + "
                                  f"{t.pretrain_images} generated images: accuracy {acc:.3f}")
-        sums, since_log = self.snapshot.metric_sums, self.snapshot.since_log
+        sums, since_log = self.metric_sums, self.since_log
         t_log = time.perf_counter()
         t0 = t_log - self.wall_before
         start_step = gan.step
@@ -513,13 +587,15 @@ class Loop:
                          f"({ips:.0f} images/s)")
         return TrainResult(self.folder.path, self.steps, seconds, ips, row, self.findings)
 
-    def checkpoint(self, sums: torch.Tensor, since_log: int, wall: float) -> Path | None:
-        if not self.main:
-            return None
-        t = self.gan.config.train
-        snapshot = Snapshot(sums, since_log, self.snapshot.best_fid)
-        return save_checkpoint(self.gan, snapshot, self.folder.checkpoints, t.keep_checkpoints,
-                               wall_s=wall)
+    def checkpoint(self, sums: torch.Tensor, since_log: int, wall: float) -> None:
+        """Every rank takes part (the state gathers each rank's random stream); rank 0 writes."""
+        gan = self.gan
+        state = {"gan": gan.state_dict(),
+                 "loop": {"metric_sums": sums, "since_log": since_log, "best_fid": self.best_fid,
+                          "wall_s": wall},
+                 "config": gan.config.to_dict()}
+        if self.main:
+            save_checkpoint(state, self.folder.checkpoints, gan.step, gan.config.train.keep_checkpoints)
 
     def evaluate(self) -> dict[str, Any]:
         """Sample-quality metrics of `eval_samples` images from one fixed noise batch; keeps
@@ -536,9 +612,9 @@ class Loop:
         scores = evaluate_images(u8, digits=config.data.digits, data_dir=self.data_dir,
                                  labels=None if y is None else y.cpu())
         fid = scores["fid"]
-        if self.snapshot.best_fid is None or fid < self.snapshot.best_fid:
-            self.snapshot.best_fid = fid
-            save_weights(gan.sampler, self.folder.generator_best, config, "generator")
+        if self.best_fid is None or fid < self.best_fid:
+            self.best_fid = fid
+            save_weights(gan.sampler, self.folder.generator_best, config, "generator", gan.step)
             self.folder.note(f"best FID so far at step {gan.step}: {fid:.3f}")
         return {k: round(v, 5) for k, v in scores.items()}
 
@@ -626,8 +702,8 @@ class Loop:
             return
         gan, config = self.gan, self.gan.config
         fake, _ = self.sample_grid()
-        save_weights(gan.sampler, self.folder.generator, config, "generator")
-        save_weights(gan.D, self.folder.discriminator, config, "discriminator")
+        save_weights(gan.sampler, self.folder.generator, config, "generator", gan.step)
+        save_weights(gan.D, self.folder.discriminator, config, "discriminator", gan.step)
         real = to_uint8(self.real_grid.cpu(), self.value_range).squeeze(1).numpy()
         self.folder.finish(real, fake, title=config.name)
 
