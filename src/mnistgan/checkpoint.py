@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,17 @@ def save_weights(module: nn.Module, path: str | Path, config: Config, role: str,
     return atomic_write(path, safetensors_bytes(tensors, metadata=metadata))
 
 
-def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, str]:
-    """Read a weights file: (state dict, config, role). Damaged or foreign files are refused
-    with a `UserError` that names the file."""
+@dataclass(frozen=True)
+class Weights:
+    tensors: dict[str, torch.Tensor]
+    config: Config
+    role: str  # "generator" or "discriminator"
+    step: int | None  # the training step they were taken at (None: files before 2026-12-01)
+
+
+def load_weights(path: str | Path) -> Weights:
+    """Read a weights file. Damaged or foreign files are refused with a `UserError` that
+    names the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist: give a run folder or a .safetensors file")
@@ -68,7 +77,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, str
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise UserError(f"{path} holds no mnistgan config: use the .safetensors files a run wrote")
     config = config_from_json(metadata["config"], source=f"the config inside {path}")
-    return tensors, config, metadata.get("role", "")
+    step = metadata.get("step", "")
+    return Weights(tensors, config, metadata.get("role", ""), int(step) if step.isdigit() else None)
 
 
 def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

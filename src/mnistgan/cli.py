@@ -6,13 +6,16 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, writable
 from .config import load_config, preset_names, preset_path, read_toml
 from .errors import Interrupted, UserError
+
+if TYPE_CHECKING:
+    from .generate import TrainedGenerator
 
 
 class Parser(argparse.ArgumentParser):
@@ -106,7 +109,8 @@ def build_parser() -> Parser:
     p.add_argument("--n", type=positive_int, default=10000, help="samples to draw (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--digits", help="reference digits (default: the run's, or all for .npy)")
-    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.add_argument("--json", type=Path,
+                   help="also write the results as JSON here (a run folder always gets RUN/eval.json)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
 
     p = sub.add_parser("classifier", help="the reference MNIST classifier behind the metrics")
@@ -177,51 +181,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def open_generator(source: str) -> TrainedGenerator:
+    """The generator of a run folder or weights file; says in one line when it comes from an
+    unfinished run's checkpoint."""
     from .generate import load_generator
+
+    gen = load_generator(source)
+    if gen.origin:
+        report(gen.origin)
+    return gen
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
     from .viz import save_grid
 
-    gen = load_generator(args.weights)
+    if args.grid_by_class and args.digit is not None:
+        raise UserError("--grid-by-class shows every digit: leave out --digit")
+    npy = writable(args.npy, "--npy") if args.npy is not None else None
+    out = writable(args.out or "samples.png", "--out") if args.out is not None or npy is None else None
+    gen = open_generator(args.weights)
     nrow = args.nrow
     if args.grid_by_class:
-        if args.digit is not None:
-            raise UserError("--grid-by-class shows every digit: leave out --digit")
         nrow = args.n or 10
         images = gen.sample_by_class(nrow, seed=args.seed, noise=args.noise)
     else:
         images = gen.sample(args.n or 64, seed=args.seed, noise=args.noise, digit=args.digit)
     written = []
-    if args.npy is not None:
+    if npy is not None:
         import io
 
         buffer = io.BytesIO()
         np.save(buffer, images)
-        written.append(atomic_write(args.npy, buffer.getvalue()))
-    if args.out is not None or args.npy is None:
-        written.append(save_grid(images, args.out or Path("samples.png"), nrow=nrow))
+        written.append(atomic_write(npy, buffer.getvalue()))
+    if out is not None:
+        written.append(save_grid(images, out, nrow=nrow))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
-def load_images(source: str, n: int, seed: int) -> tuple[np.ndarray, list[int], np.ndarray | None]:
-    """Images to evaluate, the digits the source was trained on and, for a conditional
-    generator, the digit each image was asked to be."""
+def load_images(source: str, n: int, seed: int
+                ) -> tuple[np.ndarray, list[int], np.ndarray | None, TrainedGenerator | None]:
+    """Images to evaluate, the digits the source was trained on, for a conditional generator
+    the digit each image was asked to be, and the generator (None for an .npy file)."""
     if source.endswith(".npy"):
         try:
             images = np.load(source, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {source} as a .npy array ({exc}): give an (N, 28, 28) "
+            reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise UserError(f"cannot read {source} as a .npy array ({reason}): give an (N, 28, 28) "
                             "uint8 array saved with numpy.save") from None
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
             raise UserError(f"{source} holds a {images.dtype} array of shape {images.shape}: "
                             "evaluate wants (N, 28, 28) uint8, as `mnistgan sample --npy` writes")
-        return images[:n], [], None
-    from .generate import load_generator
-
-    gen = load_generator(source)
+        return images[:n], [], None, None
+    gen = open_generator(source)
     labels = gen.labels(n)
     return (gen.sample(n, seed=seed), list(gen.config.data.digits),
-            None if labels is None else labels.cpu().numpy())
+            None if labels is None else labels.cpu().numpy(), gen)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -229,9 +245,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .data import local_data_dir
     from .metrics import evaluate, format_table
 
-    images, digits, labels = load_images(args.source, args.n, args.seed)
+    digits = None
     if args.digits is not None:
         try:
             digits = sorted({int(d) for d in args.digits.split(",")})
@@ -239,20 +256,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UserError(f"--digits {args.digits}: give digits like 5 or 3,5,8") from None
         if any(not 0 <= d <= 9 for d in digits):
             raise UserError(f"--digits {args.digits}: digits must be in 0-9")
-    result = evaluate(torch.from_numpy(images), digits, args.data_dir,
+    # A run folder keeps its evaluation (`mnistgan report` shows it); --json adds a copy.
+    targets = [writable(args.json, "--json")] if args.json is not None else []
+    if Path(args.source).is_dir():
+        try:
+            targets.insert(0, writable(Path(args.source) / "eval.json", "the run's eval.json"))
+        except UserError as exc:  # a read-only run folder (e.g. someone else's): print only
+            report(f"note: {exc}")
+    images, run_digits, labels, gen = load_images(args.source, args.n, args.seed)
+    recorded = gen.config.data.dir if gen is not None else ""
+    result = evaluate(torch.from_numpy(images), run_digits if digits is None else digits,
+                      local_data_dir(args.data_dir, recorded),
                       None if labels is None else torch.from_numpy(labels))
     result["source"] = args.source
+    if gen is not None and gen.origin:
+        result["origin"] = gen.origin
     print(format_table(result))
-    if args.json is not None:
-        atomic_write(args.json, json.dumps(result, indent=2).encode())
-        print(f"wrote {args.json}")
+    for target in targets:
+        atomic_write(target, json.dumps(result, indent=2).encode())
+        print(f"wrote {target}")
     return 0
 
 
 def cmd_classifier(args: argparse.Namespace) -> int:
     from .metrics.classifier import train_classifier
 
-    result = train_classifier(args.out, data_dir=args.data_dir, epochs=args.epochs,
+    result = train_classifier(writable(args.out, "--out"), data_dir=args.data_dir, epochs=args.epochs,
                               seed=args.seed, progress=not args.no_progress)
     print(f"wrote {args.out}: test accuracy {100 * result['test_accuracy']:.2f}% "
           f"({result['seconds']:.0f} s)")
@@ -262,14 +291,17 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
-    print(f"wrote {export_onnx(args.weights, args.onnx)}")
+    if args.onnx.suffix != ".onnx":
+        raise UserError(f"--onnx {args.onnx}: give a file name ending in .onnx")
+    target = writable(args.onnx, "--onnx")
+    print(f"wrote {export_onnx(open_generator(args.weights), target)}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(f"wrote {write_report(args.runs, args.out)}")
+    print(f"wrote {write_report(args.runs, writable(args.out, '--out'), note=report)}")
     return 0
 
 
@@ -279,7 +311,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise UserError("mnistgan serve needs FastAPI and uvicorn: "
                         "pip install 'mnistgan[serve]'") from None
-    serve(args.weights, host=args.host, port=args.port)
+    serve(open_generator(args.weights), host=args.host, port=args.port)
     return 0
 
 

@@ -35,6 +35,10 @@ Precision = Literal["fp32", "bf16", "bf16-d"]
 @dataclass
 class DataConfig:
     dataset: Literal["mnist", "fashion-mnist", "kmnist"] = "mnist"
+    # The folder the IDX files are read from ("": the download cache). Training records the
+    # folder it used (--data-dir or $MNISTGAN_DATA), so that evaluating or resuming the run
+    # reads the same data unless told otherwise.
+    dir: str = ""
     digits: list[int] = field(default_factory=list)  # empty: all ten classes
     # "tanh": pixels in [-1, 1] as (x - 127.5) / 127.5; "sigmoid": x / 255 in [0, 1].
     value_range: Literal["tanh", "sigmoid"] = "tanh"

@@ -35,6 +35,7 @@ __all__ = [
     "default_cache_dir",
     "download_file",
     "load_split",
+    "local_data_dir",
     "read_idx",
     "resolve_files",
     "scale_images",
@@ -378,6 +379,15 @@ def default_cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "mnistgan"
     return Path.home() / ".cache" / "mnistgan"
+
+
+def local_data_dir(explicit: str | Path | None = None, recorded: str = "") -> str | None:
+    """The folder to read a dataset from: `explicit` (--data-dir), else $MNISTGAN_DATA, else
+    the folder a run recorded (data.dir) if it still exists; None means the download cache."""
+    for folder in (explicit, os.environ.get("MNISTGAN_DATA")):
+        if folder:
+            return str(Path(folder).expanduser().resolve())
+    return recorded if recorded and Path(recorded).is_dir() else None
 
 
 def _find(fspec: FileSpec, folders: Sequence[Path]) -> Path | None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import writable
 from .errors import UserError
-from .generate import load_generator
+from .generate import TrainedGenerator, load_generator
 
 
 class _WithLabels(nn.Module):
@@ -28,18 +29,18 @@ class _WithLabels(nn.Module):
         return self.net(z, labels)
 
 
-def export_onnx(source: str | Path, path: str | Path) -> Path:
-    """Write the generator of a run folder or weights file as ONNX to `path`."""
+def export_onnx(source: str | Path | TrainedGenerator, path: str | Path) -> Path:
+    """Write the generator of a run folder or weights file (or one already loaded) as ONNX
+    to `path`."""
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install 'mnistgan[onnx]'") from None
-    gen = load_generator(source)
     path = Path(path)
     if path.suffix != ".onnx":
         raise UserError(f"--onnx {path}: give a file name ending in .onnx")
-    if not path.parent.is_dir():
-        raise UserError(f"--onnx {path}: the folder {path.parent} does not exist; create it first")
+    writable(path, "--onnx")
+    gen = source if isinstance(source, TrainedGenerator) else load_generator(source)
     z = torch.zeros(2, gen.config.noise.dim)
     conditional = bool(gen.classes)
     # Wrapper in eval mode: the exporter puts the top module back in its own mode afterwards.

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_state, load_weights
-from .config import Config
+from .checkpoint import Weights, checkpoint_step, list_checkpoints, load_state, load_weights, read_checkpoint
+from .config import Config, config_from_dict
 from .data import to_uint8
 from .errors import UserError
 from .models import build_generator
@@ -24,9 +24,14 @@ SAMPLE_CHUNK = 256
 class TrainedGenerator:
     """A generator with the config it was trained under."""
 
-    def __init__(self, net: nn.Module, config: Config) -> None:
+    def __init__(self, net: nn.Module, config: Config, source: str = "", origin: str | None = None
+                 ) -> None:
         self.net = net.eval()
         self.config = config
+        self.source = source  # the file or checkpoint folder it was loaded from
+        # Where the weights came from when that is not a finished run's generator file: one
+        # line for the user, e.g. "RUN is unfinished: using its checkpoint at step 400".
+        self.origin = origin
         # The digits a conditional model can be asked for; empty for an unconditional one.
         self.classes: list[int] = (list(config.data.digits) or list(range(10))
                                    if config.data.conditional else [])
@@ -101,26 +106,56 @@ class TrainedGenerator:
         return self.decode(path, self.labels(steps, digit))
 
 
-def weights_path(path: str | Path) -> Path:
-    """A run folder's generator, or the given .safetensors file."""
+def load_generator(path: str | Path) -> TrainedGenerator:
+    """Load a generator from a run folder or its weights file (no pickle involved). A run
+    that is unfinished (killed, or still training) is read from its newest whole checkpoint,
+    the moving average of G where it keeps one; `TrainedGenerator.origin` then says so."""
     path = Path(path)
     if path.is_dir():
-        path = path / "generator.safetensors"
-        if not path.exists():
-            raise UserError(f"{path.parent} holds no generator.safetensors: "
-                            "is it a finished mnistgan run folder?")
-    elif not path.exists():
+        return _from_run(path)
+    if not path.exists():
         raise UserError(f"{path} does not exist: give a run folder or a generator .safetensors file")
-    return path
+    return _from_file(path, load_weights(path))
 
 
-def load_generator(path: str | Path) -> TrainedGenerator:
-    """Load a generator from a run folder or its weights file (no pickle involved)."""
-    file = weights_path(path)
-    tensors, config, role = load_weights(file)
-    if role != "generator":
-        raise UserError(f"{file} holds {role or 'unknown'} weights, not a generator: "
+def _from_file(file: Path, weights: Weights) -> TrainedGenerator:
+    if weights.role != "generator":
+        raise UserError(f"{file} holds {weights.role or 'unknown'} weights, not a generator: "
                         "use generator.safetensors")
+    return _built(weights.tensors, weights.config, str(file))
+
+
+def _built(tensors: dict[str, torch.Tensor], config: Config, source: str,
+           origin: str | None = None) -> TrainedGenerator:
     net = build_generator(config)
-    load_state(net, tensors, str(file))
-    return TrainedGenerator(net, config)
+    load_state(net, tensors, source)
+    return TrainedGenerator(net, config, source, origin)
+
+
+def _from_run(run: Path) -> TrainedGenerator:
+    file = run / "generator.safetensors"
+    weights = load_weights(file) if file.is_file() else None
+    checkpoints = list_checkpoints(run / "checkpoints")
+    newest = checkpoint_step(checkpoints[-1]) if checkpoints else None
+    if weights is not None and (newest is None or weights.step is None or weights.step >= newest):
+        return _from_file(file, weights)
+    # Newest first; a checkpoint the training run deletes meanwhile, or a damaged one, gives
+    # way to the one before.
+    for folder in reversed(checkpoints):
+        try:
+            state = read_checkpoint(folder)
+            config = config_from_dict(state["config"])
+        except UserError:
+            continue
+        gan, step = state["gan"], checkpoint_step(folder)
+        average = "G_ema" in gan
+        tensors = ({k[len("module."):]: v for k, v in gan["G_ema"].items() if k.startswith("module.")}
+                   if average else gan["G"])
+        origin = (f"{run} is unfinished: using its checkpoint at step {step}"
+                  + (" (the moving average of G)" if average else ""))
+        return _built(tensors, config, str(folder), origin)
+    if not (run / "config.json").is_file():
+        raise UserError(f"{run} is not a run folder (no config.json, no generator.safetensors): "
+                        "give the folder mnistgan train wrote, or a generator .safetensors file")
+    raise UserError(f"{run} has no generator yet (it stopped before its first checkpoint): "
+                    f"continue it with mnistgan train --resume {run}, or wait for its first checkpoint")

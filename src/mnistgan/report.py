@@ -2,7 +2,7 @@
 
 Everything is embedded (images as data URIs, no scripts, no external assets), so the page can
 be mailed or archived as one file. For each run: its final sample grid, its progress GIF, its
-loss curves, its last metric row (and RUN/eval.json if `mnistgan evaluate --json` wrote one);
+loss curves, its last metric row (and RUN/eval.json if `mnistgan evaluate` wrote one);
 above them, the config keys whose values differ between the runs.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write
+from .atomic import atomic_write, writable
 from .errors import UserError
 from .run import read_metrics
 
@@ -46,10 +47,19 @@ def _read_run(path: Path) -> dict[str, Any]:
     grids = sorted((path / "samples").glob("step_*.png"))
     evaluation = None
     if (path / "eval.json").is_file():
-        evaluation = json.loads((path / "eval.json").read_text(encoding="utf-8")).get("generated")
-    return {"path": path, "config": flatten(config), "last": rows[-1] if rows else {},
+        try:
+            evaluation = json.loads((path / "eval.json").read_text(encoding="utf-8"))["generated"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise UserError(f"{path / 'eval.json'} is damaged: delete it or run mnistgan evaluate "
+                            f"{path} again") from None
+    last = rows[-1] if rows else {}
+    # A run killed or still training has no final weights and plots yet: shown as it stands.
+    unfinished = None
+    if not (path / "generator.safetensors").is_file():
+        unfinished = f"{path} is unfinished: shown as of step {last.get('step', 0)}, its newest logged row"
+    return {"path": path, "config": flatten(config), "last": last,
             "grid": grids[-1] if grids else None, "gif": path / "progress.gif",
-            "losses": path / "losses.png", "eval": evaluation}
+            "losses": path / "losses.png", "eval": evaluation, "unfinished": unfinished}
 
 
 def _image(path: Path | None, mime: str, alt: str) -> str:
@@ -65,11 +75,17 @@ def _cell(value: Any) -> str:
     return f"<td>{html.escape(text)}</td>"
 
 
-def write_report(runs: list[str | Path], out: str | Path) -> Path:
-    """Compare `runs` on one HTML page written to `out`."""
+def write_report(runs: list[str | Path], out: str | Path,
+                 note: Callable[[str], None] = lambda text: None) -> Path:
+    """Compare `runs` on one HTML page written to `out`; `note` hears one line about each
+    unfinished run."""
     if not runs:
         raise UserError("give at least one run folder to report on")
+    writable(out, "--out")
     items = [_read_run(Path(r)) for r in runs]
+    for item in items:
+        if item["unfinished"]:
+            note(item["unfinished"])
     names = [html.escape(str(r["path"])) for r in items]
     keys = sorted(set().union(*(r["config"] for r in items)))
     differing = [k for k in keys if len({json.dumps(r["config"].get(k)) for r in items}) > 1]
@@ -90,7 +106,9 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
     eval_rows = [f"<tr><th>{html.escape(k)}</th>" + "".join(_cell((r["eval"] or {}).get(k, ""))
                                                              for r in items) + "</tr>" for k in eval_keys]
     columns = "".join(
-        f"<div class=run><h2>{name}</h2>{_image(r['grid'], 'image/png', 'final sample grid')}"
+        f"<div class=run><h2>{name}</h2>"
+        + (f"<p class=missing>{html.escape(r['unfinished'])}</p>" if r["unfinished"] else "")
+        + f"{_image(r['grid'], 'image/png', 'final sample grid')}"
         f"{_image(r['gif'], 'image/gif', 'progress GIF')}"
         f"{_image(r['losses'], 'image/png', 'loss curves')}</div>"
         for name, r in zip(names, items, strict=True))
@@ -113,7 +131,4 @@ td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; font-s
 <details><summary>every config key</summary>{table(config_rows(keys), "full configs")}</details>
 </body></html>
 """
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     return atomic_write(out, page.encode("utf-8"))

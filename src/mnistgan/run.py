@@ -15,10 +15,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -53,6 +56,7 @@ class RunFolder:
         self.generator_best = path / "generator_best.safetensors"
         self.checkpoints = path / "checkpoints"
         self._tb = _tensorboard_writer(path / "tensorboard") if tensorboard else None
+        self._lock: IO[str] | None = None
 
     @classmethod
     def create(cls, path: str | Path, config: Config, tensorboard: bool = False) -> RunFolder:
@@ -61,10 +65,23 @@ class RunFolder:
         path = Path(path)
         if tensorboard:
             _tensorboard_class()  # missing package: say so before anything is written
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise UserError(f"output folder {path} already exists and is not empty: "
-                            "choose another --out or delete it")
+
+        def refuse_if_used() -> None:
+            if path.exists() and (not path.is_dir() or any(p.name != LOCK for p in path.iterdir())):
+                raise UserError(f"output folder {path} already exists and is not empty: "
+                                "choose another --out or delete it")
+
+        refuse_if_used()
         made = [p for p in (path, *path.parents) if not p.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            lock = _lock(path)
+        except OSError as exc:
+            for folder in made:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise UserError(f"cannot write to output folder {path} ({exc.strerror}): "
+                            "choose a writable --out with free space") from None
+        refuse_if_used()  # another process may have filled it since the first look
         try:
             (path / "samples").mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"
@@ -77,6 +94,7 @@ class RunFolder:
             raise UserError(f"cannot write to output folder {path} ({exc.strerror}): "
                             "choose a writable --out with free space") from None
         run = cls(path, tensorboard)
+        run._lock = lock
         atomic_write(run.config, config.to_json().encode())
         return run
 
@@ -88,6 +106,15 @@ class RunFolder:
             raise UserError(f"{path} is not a run folder (no config.json): give the folder "
                             "that mnistgan train wrote")
         return cls(path, tensorboard)
+
+    def lock(self) -> None:
+        """Claim the folder for this process (see `_lock`): before a resumed run writes."""
+        self._lock = _lock(self.path)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the OS lock
+            self._lock = None
 
     def rewind(self, step: int, config: Config) -> None:
         """Forget what was logged after `step` (the checkpoint resumed from), so the resumed
@@ -143,6 +170,37 @@ class SilentFolder:
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         pass
+
+    def release(self) -> None:
+        pass
+
+
+LOCK = ".lock"
+
+
+def _lock(folder: Path) -> IO[str] | None:
+    """An exclusive OS lock on FOLDER/.lock, held while the returned file stays open: a second
+    process that would write into the same run is refused, naming the holder. The OS drops the
+    lock when its process ends in any way (kill -9 included), so it is never stale."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no locking
+        return None
+    handle = (folder / LOCK).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{folder} is in use by {holder}: wait for it to finish or stop it "
+                        "(two processes must not write one run)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()} "
+                 f"({' '.join(['mnistgan', *sys.argv[1:]])})\n")
+    handle.flush()
+    return handle
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import Config, config_from_json
-from .data import ImageBank, to_uint8
+from .data import ImageBank, local_data_dir, to_uint8
 from .distributed import World, any_rank, gather, join, lr_scale, mean_over_ranks, wrap
 from .errors import Interrupted, UserError
 from .generate import SAMPLE_CHUNK
@@ -419,25 +419,42 @@ def train(
     equivalent of `mnistgan train`."""
     world, device, data, steps = _prepare(config, data_dir)
     config.train.world_size = world.size
-    run = RunFolder.create(out or default_run_path(config), config, tensorboard) if world.main else None
+    run = on_rank0(world, lambda: RunFolder.create(out or default_run_path(config), config, tensorboard))
     t = config.train
     if run is not None:
         batch = f"batch {t.batch_size}" + (f" x {world.size} processes" if world.distributed else "")
         run.note(f"preset {config.name}: {steps} steps at {batch} on {len(data)} images, device "
                  f"{device}, {torch.get_num_threads()} threads, seed {t.seed}")
     gan = GAN(config, data, device, world)
-    return Loop(gan, run, steps, progress, data_dir=data_dir).run()
+    return Loop(gan, run, steps, progress).run()
+
+
+def on_rank0(world: World, make: Callable[[], RunFolder]) -> RunFolder | None:
+    """`make()` on rank 0 only (the rank that writes files); its UserError stops every rank,
+    so that no rank waits for the others at the first collective."""
+    made, failed = None, None
+    if world.main:
+        try:
+            made = make()
+        except UserError as exc:
+            failed = exc
+    if any_rank(world, failed is not None)[0]:
+        raise failed or UserError("rank 0 could not open the run folder (its error is above)")
+    return made
 
 
 def _prepare(config: Config, data_dir: str | Path | None
              ) -> tuple[World, torch.device, ImageBank, int]:
-    """Threads, device, the process group under torchrun, the training images and the run's
-    length: checked before any file is written or any training time spent."""
+    """Threads, device, the process group under torchrun, the training images (recording in
+    the config the folder they came from) and the run's length: checked before any file is
+    written or any training time spent."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     world, device = join(resolve_device(config.train.device))
-    data = ImageBank.load(config.data.dataset, "train", data_dir, config.data.digits,
+    folder = local_data_dir(data_dir, config.data.dir)
+    data = ImageBank.load(config.data.dataset, "train", folder, config.data.digits,
                           config.data.value_range)
+    config.data.dir = folder or ""
     return world, device, data, total_steps(config, len(data), world.size)
 
 
@@ -472,13 +489,17 @@ def resume(
     if step >= total:
         raise UserError(f"{folder.path} is already at step {step} of {total}: "
                         f"give a larger total, e.g. --steps {2 * step}")
+    def claimed() -> RunFolder:
+        folder.lock()
+        return folder
+
+    run = on_rank0(world, claimed)
     gan = GAN(config, data, device, world)
     gan.load_state_dict(state["gan"], str(checkpoints[-1]))
-    run = folder if world.main else None
     if run is not None:
         run.rewind(gan.step, config)
         run.note(f"resumed from {checkpoints[-1].name}: step {gan.step} of {total}")
-    return Loop(gan, run, total, progress, state["loop"], data_dir).run()
+    return Loop(gan, run, total, progress, state["loop"]).run()
 
 
 class Loop:
@@ -486,8 +507,7 @@ class Loop:
     sample grids, health findings, and the weights at the end (or the last good ones)."""
 
     def __init__(self, gan: GAN, run: RunFolder | None, steps: int, progress: bool,
-                 resumed: dict[str, Any] | None = None,
-                 data_dir: str | Path | None = None) -> None:
+                 resumed: dict[str, Any] | None = None) -> None:
         # Ranks other than 0 of a distributed run train in step with rank 0 but write nothing.
         self.main = run is not None
         self.gan, self.folder, self.steps = gan, run or SilentFolder(), steps
@@ -498,7 +518,6 @@ class Loop:
         self.since_log = int(resumed.get("since_log", 0))
         self.best_fid: float | None = resumed.get("best_fid")
         self.wall_before = float(resumed.get("wall_s", 0.0))
-        self.data_dir = data_dir
         self.signal: int | None = None
         config = gan.config
         t = config.train
@@ -533,8 +552,11 @@ class Loop:
         self.bar.write(f"mnistgan: {text}")
 
     def run(self) -> TrainResult:
-        with self.signals():
-            return self._run()
+        try:
+            with self.signals():
+                return self._run()
+        finally:
+            self.folder.release()
 
     def _run(self) -> TrainResult:
         gan, t = self.gan, self.gan.config.train
@@ -609,7 +631,7 @@ class Loop:
         y = class_rows(gan.classes, t.eval_samples, 1) if gan.conditional else None
         images = gan.sample(z, y)
         u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)
-        scores = evaluate_images(u8, digits=config.data.digits, data_dir=self.data_dir,
+        scores = evaluate_images(u8, digits=config.data.digits, data_dir=config.data.dir or None,
                                  labels=None if y is None else y.cpu())
         fid = scores["fid"]
         if self.best_fid is None or fid < self.best_fid:

@@ -80,7 +80,7 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
         threshold = torch.tensor(scores.memorisation_threshold(FeatureSet.of(heldout).features, bank))
         saved = {"test_features": test.features, "test_probs": test.probs, "bank": bank,
                  "threshold": threshold}
-        with contextlib.suppress(OSError):  # a read-only cache costs only the time, next run
+        with contextlib.suppress(UserError):  # a read-only cache costs only the time, next run
             atomic_write(cache, save(saved))
     return Reference(digits, FeatureSet(saved["test_features"], saved["test_probs"]),
                      saved["bank"], heldout, train_y[-n_held:], float(saved["threshold"]))

@@ -164,9 +164,10 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the generator, bind host:port, and answer until Ctrl-C."""
+def serve(source: str | Path | TrainedGenerator, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Load the generator (unless given one), bind host:port, and answer until Ctrl-C."""
     app = create_app(source)
+    shown_source = source.source if isinstance(source, TrainedGenerator) else source
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -181,7 +182,7 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"mnistgan: note: listening on {host}, reachable from other machines", file=sys.stderr)
     shown = "localhost" if host in ("127.0.0.1", "::1") else f"[{host}]" if ":" in host else host
-    print(f"mnistgan: serving {source} at http://{shown}:{port}/ (Ctrl-C stops)",
+    print(f"mnistgan: serving {shown_source} at http://{shown}:{port}/ (Ctrl-C stops)",
           file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", limit_concurrency=MAX_CONNECTIONS,
                             h11_max_incomplete_event_size=16 * 1024)
