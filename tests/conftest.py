@@ -3,16 +3,21 @@ from pathlib import Path
 
 import pytest
 
-# Tests read MNIST from the shared offline copy beside the checkout unless told otherwise.
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-if "MNISTGAN_DATA" not in os.environ and SHARED_MNIST.is_dir():
-    os.environ["MNISTGAN_DATA"] = str(SHARED_MNIST)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    path = Path(os.environ.get("MNISTGAN_DATA", SHARED_MNIST))
-    if not (path / "train-images-idx3-ubyte.gz").exists() and not (path / "mnist").is_dir():
-        pytest.skip(f"no MNIST copy at {path}: set MNISTGAN_DATA")
-    return path
+    """The folder MNIST is read from: $MNISTGAN_DATA when set (CI points it at its offline
+    copy), else the download cache, filled on first use. A test that needs MNIST and cannot
+    get it fails with one line saying how to provide it, never a quiet skip."""
+    from mnistgan.data import resolve_files
+    from mnistgan.errors import UserError
+
+    try:
+        files = resolve_files("mnist")
+    except UserError as exc:
+        pytest.fail(f"this test needs MNIST, which is neither in $MNISTGAN_DATA nor downloadable "
+                    f"({str(exc).split(':')[0]}): run MNISTGAN_DATA=DIR pytest with DIR holding the "
+                    "four IDX .gz files, or run it once online", pytrace=False)
+    return files["train-images"].parent

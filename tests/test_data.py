@@ -3,7 +3,6 @@ import gzip
 import hashlib
 import http.server
 import math
-import os
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -29,7 +28,6 @@ from mnistgan.data import (
 )
 from mnistgan.errors import DataError, UserError
 
-SHARED_MNIST = Path(__file__).parents[1].parent / "shared" / "data" / "mnist"
 NAMES = {
     "train-images": "train-images-idx3-ubyte.gz",
     "train-labels": "train-labels-idx1-ubyte.gz",
@@ -114,24 +112,9 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 # Real MNIST
 
 
-def _real_dir() -> Path | None:
-    candidates = [Path(os.environ["MNISTGAN_DATA"])] if os.environ.get("MNISTGAN_DATA") else []
-    for folder in [*candidates, SHARED_MNIST]:
-        try:
-            resolve_files("mnist", folder, download=False)
-        except DataError:
-            continue
-        return folder
-    return None
-
-
 @pytest.fixture(scope="module")
-def real_dir() -> Path:
-    folder = _real_dir()
-    if folder is None:
-        pytest.skip(f"no MNIST copy at {SHARED_MNIST} or $MNISTGAN_DATA: set MNISTGAN_DATA "
-                    "to a folder with the four IDX files")
-    return folder
+def real_dir(mnist_dir: Path) -> Path:
+    return mnist_dir
 
 
 @pytest.fixture(scope="module")
@@ -155,15 +138,15 @@ def test_real_test_split(real_dir):
     assert set(labels.tolist()) == set(range(10))
 
 
-def test_real_checksums_match_the_published_ones(real_train):
+def test_real_checksums_match_the_published_ones(real_train, real_dir):
     # Rebuilding the decompressed files from the tensors checks both the reader and that
     # the hard-coded hashes are those of ../shared/data/mnist/SHA256SUMS.raw.
     images, labels = real_train
     spec = DATASETS["mnist"].files
     assert hashlib.sha256(idx_bytes(images.numpy())).hexdigest() == spec["train-images"].sha256_raw
     assert hashlib.sha256(idx_bytes(labels.numpy())).hexdigest() == spec["train-labels"].sha256_raw
-    sums = SHARED_MNIST / "SHA256SUMS.raw"
-    if sums.exists():
+    sums = real_dir / "SHA256SUMS.raw"
+    if sums.exists():  # the offline copy's list (../shared/data/mnist in CI)
         listed = dict(reversed(line.split()) for line in sums.read_text().splitlines() if line)
         for fspec in DATASETS["mnist"].files.values():
             assert listed[fspec.filename[:-3]] == fspec.sha256_raw

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistgan import viz
+from mnistgan import UserError, viz
 from mnistgan.viz import image_grid, plot_losses, save_comparison, save_gif, save_grid
 
 
@@ -220,23 +220,23 @@ def test_failed_write_keeps_old_file_and_cleans_up(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="disk full"):
         save_grid(digits(9, seed=5), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
 
 
-def test_plotting_does_not_load_pyplot():
+def test_plotting_does_not_load_pyplot(tmp_path):
     # pyplot would pick a GUI backend and keep global figure state; check in a fresh
     # interpreter that a whole training-side import never loads it.
     script = textwrap.dedent("""
-        import sys, tempfile, pathlib
+        import sys, pathlib
         from mnistgan import viz
         import mnistgan.train
-        out = pathlib.Path(tempfile.mkdtemp()) / "losses.png"
+        out = pathlib.Path(sys.argv[1]) / "losses.png"
         viz.plot_losses([{"step": 1, "d_loss": 0.5}, {"step": 2, "d_loss": 0.4}], out)
         assert out.stat().st_size > 0
         assert "matplotlib.pyplot" not in sys.modules
     """)
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env, timeout=120)

@@ -532,8 +532,11 @@ class Loop:
         self.health = HealthMonitor()
         self.findings: list[Finding] = []
         self.good_state = self.weights()
-        self.bar = tqdm(total=steps, initial=gan.step, disable=not (progress and self.main), unit="step",
-                        dynamic_ncols=True, desc=config.name)
+        # Step, rate, ETA and the two losses fit 80 columns; the full row is in metrics.jsonl.
+        self.bar = tqdm(total=steps, initial=gan.step, disable=not (progress and self.main), unit="it",
+                        dynamic_ncols=True, desc=config.name[:12],
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                   "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
     def sample_grid(self) -> tuple[np.ndarray, float]:
         """Save the fixed-noise grid; returns it and the samples' diversity."""
@@ -693,10 +696,7 @@ class Loop:
                "images_per_s": round(steps * images / interval, 1),
                "wall_s": round(wall, 3), **extra}
         self.folder.log_metrics(row)
-        self.bar.set_postfix_str(
-            f"D {row['d_loss']:.3f} G {row['g_loss']:.3f} "
-            f"acc r/f {row['d_acc_real']:.2f}/{row['d_acc_fake']:.2f} "
-            f"{row['images_per_s']:.0f} img/s")
+        self.bar.set_postfix_str(f"D {row['d_loss']:.3f} G {row['g_loss']:.3f}", refresh=False)
         return row
 
     def check_health(self, row: dict[str, Any]) -> set[str]:

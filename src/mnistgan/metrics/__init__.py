@@ -13,6 +13,7 @@ memorisation check.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -75,9 +76,15 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
     try:
         saved = load_file(cache)
     except (OSError, SafetensorError):
-        test = FeatureSet.of(test_x)
-        bank = FeatureSet.of(train_x[:-n_held]).features
-        threshold = torch.tensor(scores.memorisation_threshold(FeatureSet.of(heldout).features, bank))
+        # One pass over test and training images: a minute or two, once per machine.
+        everything = torch.cat([test_x, train_x])
+        print(f"mnistgan: embedding {len(everything)} reference images, once on this machine "
+              f"(cached in {cache.parent})", file=sys.stderr)
+        feats, logits = load_classifier().features_and_logits_all(everything, progress="reference set")
+        n_test, n_bank = len(test_x), len(train_x) - n_held
+        test = FeatureSet(feats[:n_test], logits[:n_test].softmax(1))
+        bank = feats[n_test:n_test + n_bank]
+        threshold = torch.tensor(scores.memorisation_threshold(feats[n_test + n_bank:], bank))
         saved = {"test_features": test.features, "test_probs": test.probs, "bank": bank,
                  "threshold": threshold}
         with contextlib.suppress(UserError):  # a read-only cache costs only the time, next run

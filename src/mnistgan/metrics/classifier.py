@@ -115,15 +115,19 @@ class MNISTClassifier(nn.Module):
             self.train(was_training)
 
     def features_and_logits_all(self, images: torch.Tensor, batch: int = 1000,
-                                value_range: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor]:
+                                value_range: str = "sigmoid", progress: str | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (N, D) and logits (N, 10) of any number of images, on the CPU, in eval
-        mode. `images` is anything :func:`prepare` accepts."""
+        mode. `images` is anything :func:`prepare` accepts; `progress`: a progress bar with
+        this description."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         embs = [torch.empty(0, self.embed_dim)]
         logits = [torch.empty(0, 10)]
+        starts = range(0, len(images), batch)
         with self._inference():
-            for start in range(0, len(images), batch):
+            for start in tqdm(starts, desc=progress, disable=progress is None, unit="batch",
+                              dynamic_ncols=True, leave=False):
                 # Scaling per batch keeps a float copy of a large uint8 set out of memory.
                 x = prepare(images[start:start + batch], value_range).to(self.device)
                 e, z = self.features_and_logits(x)
