@@ -48,7 +48,9 @@ def positive_float(text: str) -> float:
 # Named options of `train`, each a shorthand for one config key.
 NAMED = {
     "seed": ("train.seed", int, "random seed (same seed, same machine: same weights)"),
-    "minutes": ("train.max_minutes", positive_float, "stop cleanly after this many minutes"),
+    "minutes": ("train.max_minutes", positive_float,
+                "wall-time budget: stop cleanly, with a checkpoint, after this many minutes "
+                "(D pre-training included)"),
     "batch_size": ("train.batch_size", positive_int, "images per training step"),
     "d_lr": ("train.d_lr", positive_float, "discriminator learning rate"),
     "g_lr": ("train.g_lr", positive_float, "generator learning rate"),

@@ -153,7 +153,8 @@ class TrainConfig:
     # training images at `batch_size` images per step (60,000 / 32 = 1,875 steps an epoch).
     steps: int = 0
     epochs: float = 0.0
-    max_minutes: float = 0.0  # also stop (cleanly, with a checkpoint) after this much wall time
+    # Also stop (cleanly, with a checkpoint) after this much wall time, D pre-training included.
+    max_minutes: float = 0.0
     batch_size: int = 32
     d_lr: float = 2e-4
     g_lr: float = 2e-4

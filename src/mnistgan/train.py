@@ -563,6 +563,7 @@ class Loop:
 
     def _run(self) -> TrainResult:
         gan, t = self.gan, self.gan.config.train
+        t0 = time.perf_counter() - self.wall_before  # the time budget counts D pre-training too
         if gan.step == 0:
             self.sample_grid()
             if t.pretrain_images:
@@ -571,7 +572,6 @@ class Loop:
                                  f"{t.pretrain_images} generated images: accuracy {acc:.3f}")
         sums, since_log = self.metric_sums, self.since_log
         t_log = time.perf_counter()
-        t0 = t_log - self.wall_before
         start_step = gan.step
         row: dict[str, Any] = {}
         extra: dict[str, Any] = {}
