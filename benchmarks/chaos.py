@@ -1,0 +1,142 @@
+"""Chaos test: kill training at random moments and check that the run is usable every time.
+
+For each preset, one run trains without interruption (the reference) and another is killed
+again and again with SIGKILL, SIGTERM or SIGINT at a random moment after it has started
+training. After each kill, on the run exactly as it was left:
+
+- `mnistgan sample RUN` writes a grid,
+- `mnistgan evaluate RUN --n 100` prints its scores,
+- `mnistgan train --resume RUN` continues it (the next round, or the last one to the end).
+
+At the end the resumed run must equal the reference: the same weights bit for bit and the
+same metric rows (timings aside). Prints a row per kill and the tally; exits 1 if any check
+failed.
+
+    python benchmarks/chaos.py                        # 20 kills over seed-002 and seed-000
+    python benchmarks/chaos.py --kills 4 --short      # what the test suite runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Per preset: a few steps a second or hundreds, with checkpoints and grids often, so that kills
+# land in steps, in checkpoint writes and in grid writes.
+SETTINGS = {
+    "seed-002": ["--set", "train.checkpoint_every=25", "--log-every", "10", "--sample-every", "200"],
+    "seed-000": ["--set", "train.checkpoint_every=4", "--log-every", "2", "--sample-every", "20",
+                 "--batch-size", "16"],
+}
+STEPS = {"seed-002": (12000, 600), "seed-000": (240, 24)}  # (full, --short)
+SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+TIMING = ("wall_s", "images_per_s")
+
+
+def mnistgan(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "mnistgan", *map(str, args)]
+
+
+def run_ok(*args: str | Path) -> tuple[bool, str]:
+    done = subprocess.run(mnistgan(*args), capture_output=True, text=True, timeout=600)
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    return done.returncode == 0 and "Traceback" not in done.stderr, last
+
+
+def metric_rows(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a last line cut by SIGKILL
+            rows.append({k: v for k, v in json.loads(line).items() if k not in TIMING})
+    return rows
+
+
+def newest_step(run: Path) -> int:
+    steps = [int(p.name[5:]) for p in (run / "checkpoints").glob("step_*")]
+    return max(steps, default=0)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    for name in ("generator.safetensors", "discriminator.safetensors"):
+        wa, wb = load_file(a / name), load_file(b / name)
+        if wa.keys() != wb.keys() or any(not (wa[k] == wb[k]).all() for k in wa):
+            return False
+    return True
+
+
+def chaos(preset: str, kills: int, steps: int, work: Path, rng: random.Random
+          ) -> tuple[int, int, bool]:
+    """Kill a run of `preset` up to `kills` times; returns (kills, kills that left a usable
+    run, whether the finished run equals the uninterrupted one)."""
+    settings = ["--preset", preset, "--steps", str(steps), "--no-progress", *SETTINGS[preset]]
+    ref, run = work / f"{preset}-reference", work / f"{preset}-killed"
+    subprocess.run(mnistgan("train", *settings, "--out", ref), check=True, capture_output=True)
+    done = usable = 0
+    command = mnistgan("train", *settings, "--out", run)
+    for _ in range(kills):
+        if newest_step(run) >= steps:
+            break  # finished before this kill: nothing left to interrupt
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        rows = len(metric_rows(run))
+        deadline = time.monotonic() + 120
+        while len(metric_rows(run)) <= rows and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it trains (a new metric row)
+        time.sleep(rng.uniform(0.0, 1.5))
+        sig = rng.choice(SIGNALS)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=600)
+        clean_exit = "Traceback" not in err and proc.returncode in (0, -9, -15, 128 + sig)
+        sampled, sample_says = run_ok("sample", run, "--n", "16", "--out", work / "grid.png")
+        evaluated, evaluate_says = run_ok("evaluate", run, "--n", "100")
+        ok = clean_exit and sampled and evaluated
+        done, usable = done + 1, usable + ok
+        note = "" if ok else f" | {err.strip()[-200:] or sample_says or evaluate_says}"
+        print(f"| {preset} | {signal.Signals(sig).name} | {newest_step(run)} | {proc.returncode} | "
+              f"{'ok' if sampled else 'FAILED'} | {'ok' if evaluated else 'FAILED'} |{note}", flush=True)
+        command = mnistgan("train", "--resume", run, "--no-progress")
+    if newest_step(run) < steps:
+        subprocess.run(command, capture_output=True, check=True)
+    equal = same_weights(ref, run) and metric_rows(ref) == metric_rows(run)
+    return done, usable, equal
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=20, help="kills in all, shared by the presets")
+    parser.add_argument("--presets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--short", action="store_true", help="short runs (the test suite's setting)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments and signals")
+    parser.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one)")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    work = args.work or Path(tempfile.mkdtemp(prefix="mnistgan-chaos-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print("| preset | signal | newest checkpoint after the kill | exit code | sample | evaluate --n 100 |")
+    print("|---|---|---|---|---|---|")
+    usable, attempts, equal = 0, 0, []
+    for i, preset in enumerate(args.presets):
+        kills = args.kills // len(args.presets) + (i < args.kills % len(args.presets))
+        tried, got, same = chaos(preset, kills, STEPS[preset][args.short], work / preset, rng)
+        usable, attempts = usable + got, attempts + tried
+        equal.append(f"{preset}: {'equal' if same else 'DIFFERENT'}")
+    print(f"\nusable after the kill: {usable}/{attempts}; resumed to the end vs never stopped: "
+          f"{', '.join(equal)}")
+    if usable < attempts or any("DIFFERENT" in e for e in equal):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
