@@ -35,6 +35,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: give 1-65535, or 0 for any free one")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -137,7 +147,7 @@ def build_parser() -> Parser:
     p.add_argument("weights", help="run folder or generator .safetensors file")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+    p.add_argument("--port", type=port_number, default=8000, help="default 8000; 0 picks a free one")
 
     p = sub.add_parser("presets", help="list the presets, or show one")
     p.add_argument("--show", metavar="NAME", help="print this preset's resolved config")

@@ -127,6 +127,10 @@ def _from_file(file: Path, weights: Weights) -> TrainedGenerator:
 
 def _built(tensors: dict[str, torch.Tensor], config: Config, source: str,
            origin: str | None = None) -> TrainedGenerator:
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise UserError(f"{source} holds NaN or infinite weights ({broken[0]}): the run diverged "
+                        "there; use generator_best.safetensors or an earlier checkpoint")
     net = build_generator(config)
     load_state(net, tensors, source)
     return TrainedGenerator(net, config, source, origin)

@@ -191,7 +191,7 @@ def _lock(folder: Path) -> IO[str] | None:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        holder = handle.readline().strip() or "another process"
         handle.close()
         raise UserError(f"{folder} is in use by {holder}: wait for it to finish or stop it "
                         "(two processes must not write one run)") from None
