@@ -83,13 +83,13 @@ CASES = {
     "unfinished, no checkpoint": (case("sample", "{root}/unfinished"), "has no generator yet"),
     "digit of an unconditional model": (case("sample", "{root}/run", "--digit", "3"),
                                         "not class-conditional"),
-    "unknown noise": (case("sample", "{root}/run", "--noise", "cauchy"), "unknown noise 'cauchy'"),
+    "unknown noise": (case("sample", "{root}/run", "--noise", "cauchy"), "invalid choice: 'cauchy'"),
     # evaluate
     "pickled .npy": (case("evaluate", "{root}/pickled.npy"), "cannot read"),
     "pickle renamed .npy": (case("evaluate", "{root}/payload.npy"), "cannot read"),
     "NaN samples": (case("evaluate", "{root}/float.npy"), "evaluate wants (N, 28, 28) uint8"),
     "too few samples": (case("evaluate", "{root}/few.npy"), "too few"),
-    "bad --digits": (case("evaluate", "{root}/run", "--digits", "3,x"), "give digits like"),
+    "bad --digits": (case("evaluate", "{root}/run", "--digits", "3,x"), "'x' is not a digit"),
     "unwritable --json": (case("evaluate", "{root}/run", "--json", f"{FORBIDDEN}/s.json"), "cannot write"),
     # export
     "--onnx not .onnx": (case("export", "{root}/run", "--onnx", "{root}/g.txt"), "ending in .onnx"),

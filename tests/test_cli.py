@@ -79,7 +79,7 @@ def test_presets_listing_and_show():
     (["train", "--batch-size", "0"], "must be at least 1"),
     (["train", "--d-lr", "-0.1"], "must be greater than 0"),
     (["train", "--digits", "12"], "not in 0-9"),
-    (["train", "--noise", "cauchy"], "choose one of"),
+    (["train", "--noise", "cauchy"], "invalid choice: 'cauchy'"),
     (["train", "--steps", "3", "--epochs", "2"], "not allowed with"),
     (["train", "--steps", "2", "--data-dir", "/no/such/folder"], "train-images-idx3-ubyte"),
     (["train", "--steps", "2", "--out", "/etc/hostname/run"], "cannot write to output folder"),

@@ -153,3 +153,49 @@ def test_a_run_config_json_loads_as_a_preset(tmp_path):
     path.write_text(config.to_json())
     again = load_config(str(path), ["train.steps=11"])
     assert again.train.seed == 9 and again.train.steps == 11 and again.name == "seed-000"
+
+
+def test_each_choice_has_one_registry_that_config_cli_and_server_read():
+    import typing
+
+    from mnistgan.augment import TRANSFORMS
+    from mnistgan.cli import build_parser
+    from mnistgan.config import PRECISIONS, ConvGeneratorConfig, TrainConfig, choices
+    from mnistgan.data import DATASETS
+    from mnistgan.losses import LOSSES
+    from mnistgan.models.common import ACTIVATIONS, INITS
+    from mnistgan.noise import DISTRIBUTIONS
+
+    assert choices("noise.dist") == tuple(DISTRIBUTIONS)
+    assert choices("train.loss") == tuple(LOSSES)
+    assert choices("train.precision") == tuple(PRECISIONS)
+    assert choices("data.dataset") == tuple(DATASETS)
+    (augmentation,) = typing.get_args(typing.get_type_hints(TrainConfig)["augment"])
+    assert typing.get_args(augmentation) == tuple(TRANSFORMS)
+    hints = typing.get_type_hints(ConvGeneratorConfig)
+    assert typing.get_args(hints["activation"]) == tuple(ACTIVATIONS)
+    assert typing.get_args(hints["init"]) == tuple(INITS)
+    assert choices("train.steps") is None  # a free value
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    options = {a.dest: a.choices for a in commands["train"]._actions}
+    assert list(options["noise"]) == list(DISTRIBUTIONS)
+    assert list(options["precision"]) == list(PRECISIONS)
+    assert list(options["dataset"]) == list(DATASETS)
+    sample = {a.dest: a.choices for a in commands["sample"]._actions}
+    assert list(sample["noise"]) == list(DISTRIBUTIONS)
+
+
+def test_the_server_takes_its_noise_names_from_the_registry(tmp_path):
+    pytest.importorskip("fastapi")
+    from mnistgan.checkpoint import save_weights
+    from mnistgan.models import build_generator
+    from mnistgan.noise import DISTRIBUTIONS
+    from mnistgan.serve import create_app
+
+    config = load_config("seed-002")
+    path = save_weights(build_generator(config), tmp_path / "g.safetensors", config, "generator")
+    schema = create_app(path).openapi()
+    noise = next(p for p in schema["paths"]["/api/samples"]["get"]["parameters"] if p["name"] == "noise")
+    assert list(DISTRIBUTIONS) in [s.get("enum") for s in noise["schema"].get("anyOf", [noise["schema"]])]

@@ -175,7 +175,7 @@ def test_digits_filter(real_dir):
 @pytest.mark.parametrize("digits, shown", [([12], "digit 12"), ([3, -1], "digit -1")])
 def test_digit_outside_0_9_is_a_user_error(digits, shown, tmp_path):
     # Rejected before any file is looked for.
-    with pytest.raises(UserError, match=f"{shown} is not in 0-9: use e.g. --digits 5"):
+    with pytest.raises(UserError, match=f"{shown} is not in 0-9: give e.g. 5 or 3,5,8"):
         ImageBank.load("mnist", data_dir=tmp_path / "nothing", digits=digits)
 
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 
 from .atomic import atomic_write, writable
-from .config import load_config, preset_names, preset_path, read_toml
+from .config import choices, load_config, preset_names, preset_path, read_toml
+from .data import CLASSES, check_digits
 from .errors import Interrupted, UserError
 
 if TYPE_CHECKING:
@@ -66,13 +67,13 @@ NAMED = {
     "g_lr": ("train.g_lr", positive_float, "generator learning rate"),
     "d_steps": ("train.d_steps", positive_int, "discriminator updates per generator update"),
     "label_smoothing": ("train.label_smoothing", float, "one-sided: real target is 1 - this"),
-    "noise": ("noise.dist", str, "latent distribution: normal, uniform or semicircle"),
+    "noise": ("noise.dist", str, "latent distribution"),
     "latent_dim": ("noise.dim", positive_int, "latent vector size"),
     "digits": ("data.digits", str, "train on these digits only, e.g. 5 or 3,5,8"),
-    "dataset": ("data.dataset", str, "mnist, fashion-mnist or kmnist"),
-    "device": ("train.device", str, "cpu, cuda, mps or auto"),
+    "dataset": ("data.dataset", str, "the images to learn"),
+    "device": ("train.device", str, "where to train"),
     "threads": ("train.threads", positive_int, "CPU threads for PyTorch"),
-    "precision": ("train.precision", str, "fp32, bf16 (bfloat16 autocast) or bf16-d (autocast in D only)"),
+    "precision": ("train.precision", str, "bfloat16 autocast in no network, both, or D only"),
     "log_every": ("train.log_every", positive_int, "steps between metric rows"),
     "sample_every": ("train.sample_every", positive_int, "steps between sample grids"),
 }
@@ -96,7 +97,7 @@ def build_parser() -> Parser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.d_lr=1e-3 (repeatable)")
     for name, (key, kind, text) in NAMED.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} ({key})")
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices(key), help=f"{text} ({key})")
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true",
@@ -109,9 +110,10 @@ def build_parser() -> Parser:
     p.add_argument("--out", type=Path, help="PNG grid to write (default samples.png)")
     p.add_argument("--npy", type=Path, help="also write an (N, 28, 28) uint8 .npy array")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--noise", help="latent distribution, if not the one trained with")
+    p.add_argument("--noise", choices=choices("noise.dist"),
+                   help="latent distribution, if not the one trained with")
     p.add_argument("--nrow", type=positive_int, help="images per grid row")
-    p.add_argument("--digit", type=int, choices=range(10), metavar="0-9",
+    p.add_argument("--digit", type=int, choices=range(CLASSES), metavar=f"0-{CLASSES - 1}",
                    help="only this digit (class-conditional models)")
     p.add_argument("--grid-by-class", action="store_true",
                    help="one row per digit, --n per row (class-conditional models; default 10)")
@@ -260,14 +262,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import local_data_dir
     from .metrics import evaluate, format_table
 
-    digits = None
-    if args.digits is not None:
-        try:
-            digits = sorted({int(d) for d in args.digits.split(",")})
-        except ValueError:
-            raise UserError(f"--digits {args.digits}: give digits like 5 or 3,5,8") from None
-        if any(not 0 <= d <= 9 for d in digits):
-            raise UserError(f"--digits {args.digits}: digits must be in 0-9")
+    digits = None if args.digits is None else sorted(set(check_digits(args.digits.split(","))))
     # A run folder keeps its evaluation (`mnistgan report` shows it); --json adds a copy.
     targets = [writable(args.json, "--json")] if args.json is not None else []
     if Path(args.source).is_dir():

@@ -20,28 +20,47 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from .augment import TRANSFORMS
+from .data import DATASETS, VALUE_RANGES, check_digits
+from .distributed import LR_SCALING
 from .errors import UserError
+from .losses import LOSSES
+from .models.common import ACTIVATIONS, INITS
+from .noise import DISTRIBUTIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "none"]
-Init = Literal["keras", "torch", "glorot_uniform", "glorot_normal", "dcgan"]
-Precision = Literal["fp32", "bf16", "bf16-d"]
+# Which networks run under bfloat16 autocast in each precision: the registry of precisions.
+# "bf16-d": D only, G stays float32 (most of bf16's error in one step's G gradient comes from
+# G's own layers: benchmarks/bf16_gradients.py).
+PRECISIONS: dict[str, tuple[str, ...]] = {"fp32": (), "bf16": ("G", "D"), "bf16-d": ("D",)}
+
+# The allowed values of each choice come from the registry that implements it, so that a new
+# entry there is at once a valid config value, a CLI choice and a server parameter value.
+Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+Init = Literal[tuple(INITS)]  # type: ignore[valid-type]
+Precision = Literal[tuple(PRECISIONS)]  # type: ignore[valid-type]
+Dataset = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+ValueRange = Literal[VALUE_RANGES]  # type: ignore[valid-type]
+NoiseDistribution = Literal[tuple(DISTRIBUTIONS)]  # type: ignore[valid-type]
+Loss = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+Augmentation = Literal[tuple(TRANSFORMS)]  # type: ignore[valid-type]
+LearningRateScaling = Literal[tuple(LR_SCALING)]  # type: ignore[valid-type]
 
 
 @dataclass
 class DataConfig:
-    dataset: Literal["mnist", "fashion-mnist", "kmnist"] = "mnist"
+    dataset: Dataset = "mnist"
     # The folder the IDX files are read from ("": the download cache). Training records the
     # folder it used (--data-dir or $MNISTGAN_DATA), so that evaluating or resuming the run
     # reads the same data unless told otherwise.
     dir: str = ""
     digits: list[int] = field(default_factory=list)  # empty: all ten classes
     # "tanh": pixels in [-1, 1] as (x - 127.5) / 127.5; "sigmoid": x / 255 in [0, 1].
-    value_range: Literal["tanh", "sigmoid"] = "tanh"
+    value_range: ValueRange = "tanh"
     # "random": indices drawn with replacement (np.random.randint in the tutorials);
     # "epoch": shuffled passes without replacement.
     sampling: Literal["random", "epoch"] = "random"
@@ -53,7 +72,7 @@ class DataConfig:
 @dataclass
 class NoiseConfig:
     dim: int = 100
-    dist: Literal["normal", "uniform", "semicircle"] = "normal"
+    dist: NoiseDistribution = "normal"
     # Support of "uniform", and [-r, r] with r = (high - low) / 2 around the centre for
     # "semicircle"; ignored by "normal".
     low: float = -1.0
@@ -167,12 +186,11 @@ class TrainConfig:
     lr_gamma: float = 0.1
     # "bce": the tutorials' (binary cross-entropy; G non-saturating); "minimax": Goodfellow's
     # saturating G loss; "hinge"; "lsgan" (least squares); "wgan-gp" (critic + gradient penalty).
-    loss: Literal["bce", "minimax", "hinge", "lsgan", "wgan-gp"] = "bce"
+    loss: Loss = "bce"
     instance_noise: float = 0.0  # std of Gaussian noise added to every image D sees
     # Differentiable augmentation of every image D sees, real and fake, in both steps (Zhao et
     # al. 2020, "DiffAugment"): any of "translation", "cutout", "brightness", "contrast".
-    augment: list[Literal["translation", "cutout", "brightness", "contrast"]] = field(
-        default_factory=list)
+    augment: list[Augmentation] = field(default_factory=list)
     r1: float = 0.0  # gamma of the R1 penalty gamma/2 * |grad_x D(x)|^2 on real images
     # Exponential moving average of G's weights, used for every sample the run produces
     # (grids, evaluation, generator.safetensors); 0: off, e.g. 0.999.
@@ -202,13 +220,12 @@ class TrainConfig:
     # batch_size x world_size; the learning rates are scaled by world_size ("linear", Goyal et
     # al. 2017), its square root ("sqrt") or not at all ("none", the default: the run then
     # equals one process at the effective batch). world_size is recorded by the trainer.
-    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_scaling: LearningRateScaling = "none"
     world_size: int = 1
     threads: int = 0  # 0: PyTorch's default
     device: Literal["cpu", "cuda", "mps", "auto"] = "cpu"
-    # "bf16": bfloat16 autocast for the networks' matmuls and convolutions (weights, optimiser
-    # state and losses stay float32). "bf16-d": in D only, G stays float32: most of bf16's
-    # error in one step's G gradient comes from G's own layers (benchmarks/bf16_gradients.py).
+    # bfloat16 autocast for the matmuls and convolutions of the networks PRECISIONS names
+    # (weights, optimiser state and losses stay float32).
     precision: Precision = "fp32"
     # Channels-last (NHWC) tensors for the conv layers: oneDNN's fast path for narrow convs
     # (measured in BENCHMARKS.md; it helps the small `best` networks, not text 000's).
@@ -291,6 +308,16 @@ def load_config(preset: str = "seed-001", overrides: list[str] | None = None) ->
             raw[key.split(".")[0]] = {}
         set_dotted(raw, key, value)
     return config_from_dict(raw)
+
+
+def choices(key: str) -> tuple[Any, ...] | None:
+    """The allowed values of a `section.key` whose type is a choice; None for free values."""
+    section, _, name = key.partition(".")
+    cls = typing.get_type_hints(Config).get(section)
+    if not dataclasses.is_dataclass(cls):
+        return None
+    tp = typing.get_type_hints(cls).get(name)
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
 def config_from_json(text: str, source: str = "config.json") -> Config:
@@ -474,8 +501,7 @@ def check_values(c: Config) -> None:
     need(t.checkpoint_every >= 1, "train.checkpoint_every must be at least 1")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1")
     need(t.grid_size >= 1, "train.grid_size must be at least 1")
-    bad = [d for d in c.data.digits if not 0 <= d <= 9]
-    need(not bad, f"digit {bad[0] if bad else ''} is not in 0-9: use e.g. --digits 5 or --digits 3,5,8")
+    check_digits(c.data.digits, "data.digits")
     need(len(set(c.data.digits)) == len(c.data.digits), "data.digits lists a digit twice")
     need(c.noise.dim >= 1, f"noise.dim = {c.noise.dim} must be at least 1")
     need(c.noise.high > c.noise.low, "noise.high must be greater than noise.low")

@@ -28,10 +28,12 @@ import torch
 from .errors import DataError, UserError
 
 __all__ = [
+    "CLASSES",
     "DATASETS",
     "DatasetSpec",
     "FileSpec",
     "ImageBank",
+    "check_digits",
     "default_cache_dir",
     "download_file",
     "load_split",
@@ -41,6 +43,9 @@ __all__ = [
     "scale_images",
     "to_uint8",
 ]
+
+
+CLASSES = 10  # every MNIST-style dataset here labels its images 0-9
 
 
 @dataclass(frozen=True)
@@ -638,7 +643,7 @@ class ImageBank:
              value_range: str = "tanh", download: bool = True) -> ImageBank:
         """One split of `dataset`, optionally only the classes in `digits`."""
         _check_range(value_range)
-        wanted = _check_digits(digits)
+        wanted = check_digits(digits)
         images, labels = load_split(dataset, split, data_dir, download)
         if wanted:
             keep = torch.isin(labels, torch.tensor(wanted, dtype=torch.int64))
@@ -672,15 +677,17 @@ class ImageBank:
         return torch.randperm(len(self), generator=generator, device=generator.device)
 
 
-def _check_digits(digits: Sequence[int]) -> list[int]:
+def check_digits(digits: Iterable[object], option: str = "--digits") -> list[int]:
+    """`digits` as whole numbers in 0..CLASSES-1: the one place a digit is checked (config,
+    command line and server alike)."""
     wanted: list[int] = []
     for d in digits:
         try:
-            value = operator.index(d)
-        except TypeError:
-            raise UserError(f"digit {d!r} is not a whole number: use e.g. --digits 5 or "
-                            "--digits 3,5,8") from None
-        if not 0 <= value <= 9:
-            raise UserError(f"digit {d} is not in 0-9: use e.g. --digits 5 or --digits 3,5,8")
+            value = operator.index(d) if not isinstance(d, str) else int(d)
+        except (TypeError, ValueError):
+            raise UserError(f"{option}: {d!r} is not a digit: give digits 0-{CLASSES - 1}, e.g. 5 "
+                            "or 3,5,8") from None
+        if not 0 <= value < CLASSES:
+            raise UserError(f"{option}: digit {value} is not in 0-{CLASSES - 1}: give e.g. 5 or 3,5,8")
         wanted.append(value)
     return wanted

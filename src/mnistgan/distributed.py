@@ -78,9 +78,13 @@ def wrap(module: nn.Module, world: World, device: torch.device) -> nn.Module:
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
+# The registry of learning-rate rules (train.lr_scaling): processes -> factor.
+LR_SCALING = {"none": lambda n: 1.0, "linear": float, "sqrt": lambda n: n**0.5}
+
+
 def lr_scale(rule: str, processes: int) -> float:
     """The learning-rate factor for `processes` ranks (each at the config's batch size)."""
-    return {"none": 1.0, "linear": float(processes), "sqrt": processes**0.5}[rule]
+    return LR_SCALING[rule](processes)
 
 
 def any_rank(world: World, *flags: bool) -> list[bool]:

@@ -3,12 +3,45 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import NoiseConfig
+if TYPE_CHECKING:
+    from .config import NoiseConfig
 
-DISTRIBUTIONS = ("normal", "uniform", "semicircle")
+Sampler = Callable[["NoiseConfig", tuple[int, int], "torch.Generator | None", "torch.device | str"],
+                   torch.Tensor]
+
+
+def _normal(config: NoiseConfig, shape: tuple[int, int], generator: torch.Generator | None,
+            device: torch.device | str) -> torch.Tensor:
+    """Standard normal (text 001's ``np.random.normal(0, 1, ...)``)."""
+    return torch.randn(shape, generator=generator, device=device)
+
+
+def _uniform(config: NoiseConfig, shape: tuple[int, int], generator: torch.Generator | None,
+             device: torch.device | str) -> torch.Tensor:
+    """Uniform on [low, high] (text 000: [-1, 1]; text 004's code: [0, 1])."""
+    u = torch.rand(shape, generator=generator, device=device)
+    return config.low + (config.high - config.low) * u
+
+
+def _semicircle(config: NoiseConfig, shape: tuple[int, int], generator: torch.Generator | None,
+                device: torch.device | str) -> torch.Tensor:
+    """Wigner's semicircle on [centre - r, centre + r], r = (high - low) / 2 (text 000's
+    alternative). The x-coordinate of a point drawn uniformly from a disc has exactly this
+    density, which needs only uniform draws (and so honours `generator`)."""
+    radius = (config.high - config.low) / 2
+    centre = (config.high + config.low) / 2
+    u = torch.rand((2, *shape), generator=generator, device=device)
+    return centre + radius * u[0].sqrt() * torch.cos(2 * math.pi * u[1])
+
+
+# The registry of latent distributions: config.noise.dist, --noise and the server's `noise`
+# parameter all take their names from here.
+DISTRIBUTIONS: dict[str, Sampler] = {"normal": _normal, "uniform": _uniform, "semicircle": _semicircle}
 
 
 def sample_noise(
@@ -17,26 +50,8 @@ def sample_noise(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Draw `n` latent vectors of size `config.dim` as float32.
-
-    - normal: standard normal (text 001's ``np.random.normal(0, 1, ...)``).
-    - uniform: uniform on [low, high] (text 000: [-1, 1]; text 004's code: [0, 1]).
-    - semicircle: Wigner's semicircle on [centre - r, centre + r], r = (high - low) / 2
-      (text 000's alternative). The x-coordinate of a point drawn uniformly from a disc has
-      exactly this density, which needs only uniform draws (and so honours `generator`).
-    """
-    shape = (n, config.dim)
-    if config.dist == "normal":
-        return torch.randn(shape, generator=generator, device=device)
-    if config.dist == "uniform":
-        u = torch.rand(shape, generator=generator, device=device)
-        return config.low + (config.high - config.low) * u
-    if config.dist == "semicircle":
-        radius = (config.high - config.low) / 2
-        centre = (config.high + config.low) / 2
-        u = torch.rand((2, *shape), generator=generator, device=device)
-        return centre + radius * u[0].sqrt() * torch.cos(2 * math.pi * u[1])
-    raise ValueError(f"unknown noise distribution {config.dist!r}")  # config validation prevents
+    """Draw `n` latent vectors of size `config.dim` as float32 from `config.dist`."""
+    return DISTRIBUTIONS[config.dist](config, (n, config.dim), generator, device)
 
 
 def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int, dist: str) -> torch.Tensor:

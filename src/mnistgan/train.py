@@ -38,7 +38,7 @@ from .checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from .config import Config, config_from_json
+from .config import PRECISIONS, Config, config_from_json
 from .data import ImageBank, local_data_dir, to_uint8
 from .distributed import World, any_rank, gather, join, lr_scale, mean_over_ranks, wrap
 from .errors import Interrupted, UserError
@@ -177,9 +177,8 @@ class GAN:
 
     def autocast(self, net: Literal["G", "D"]) -> torch.autocast:
         """bfloat16 autocast around a forward of G or D, as train.precision asks."""
-        precision = self.config.train.precision
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=precision == "bf16" or (precision == "bf16-d" and net == "D"))
+                              enabled=net in PRECISIONS[self.config.train.precision])
 
     def judge(self, images: torch.Tensor, y: torch.Tensor | None,
               net: torch.nn.Module | None = None) -> torch.Tensor:

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from ..config import Config, ConvGeneratorConfig, MLPGeneratorConfig
 from .common import Discriminator
 from .conv import ConvGenerator, conv_discriminator
 from .mlp import MLPGenerator, mlp_discriminator
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 __all__ = ["build_generator", "build_discriminator", "Discriminator"]
+
+# The networks of each `arch` (config.GENERATOR_CONFIGS / DISCRIMINATOR_CONFIGS hold their keys).
+GENERATORS = {"mlp": MLPGenerator, "conv": ConvGenerator}
+DISCRIMINATORS = {"mlp": mlp_discriminator, "conv": conv_discriminator}
 
 
 def build_generator(config: Config) -> nn.Module:
-    g, conditional = config.generator, config.data.conditional
-    if isinstance(g, MLPGeneratorConfig):
-        return MLPGenerator(config.noise.dim, g, conditional)
-    if isinstance(g, ConvGeneratorConfig):
-        return ConvGenerator(config.noise.dim, g, conditional)
-    raise TypeError(f"no generator for {type(g).__name__}")
+    return GENERATORS[config.generator.arch](config.noise.dim, config.generator, config.data.conditional)
 
 
 def build_discriminator(config: Config) -> Discriminator:
     d = config.discriminator
-    conditioning = d.conditioning if config.data.conditional else "none"
-    build = mlp_discriminator if d.arch == "mlp" else conv_discriminator
-    return build(d, conditioning)
+    return DISCRIMINATORS[d.arch](d, d.conditioning if config.data.conditional else "none")

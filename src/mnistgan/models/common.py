@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..data import CLASSES
+
+# The registry of activations (config keys `activation`, `output`, `hidden_activation`):
+# name -> layer, given LeakyReLU's slope.
+ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
+    "relu": lambda slope: nn.ReLU(),
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": lambda slope: nn.Tanh(),
+    "sigmoid": lambda slope: nn.Sigmoid(),
+    "none": lambda slope: nn.Identity(),
+}
+
 
 def activation(name: str, slope: float = 0.2) -> nn.Module:
-    if name == "relu":
-        return nn.ReLU()
-    if name == "leaky_relu":
-        return nn.LeakyReLU(slope)
-    if name == "tanh":
-        return nn.Tanh()
-    if name == "sigmoid":
-        return nn.Sigmoid()
-    if name == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown activation {name!r}")
+    return ACTIVATIONS[name](slope)
 
 
 def batch_norm(
@@ -106,34 +109,34 @@ def maybe_spectral(layer: nn.Module, enabled: bool) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(layer) if enabled else layer
 
 
-def initialise(module: nn.Module, scheme: str) -> None:
-    """Re-initialise every dense and conv layer in `module`.
+# The registry of weight initialisations (config key `init`): name -> in-place init of a
+# weight, None for PyTorch's own. "keras" is Keras's default (Glorot-uniform weights, zero
+# biases), so the seed presets start from the tutorials' distribution; "dcgan" is N(0, 0.02)
+# from Radford et al.
+INITS: dict[str, Callable[[torch.Tensor], Any] | None] = {
+    "keras": nn.init.xavier_uniform_,
+    "torch": None,
+    "glorot_uniform": nn.init.xavier_uniform_,
+    "glorot_normal": nn.init.xavier_normal_,
+    "dcgan": lambda w: nn.init.normal_(w, 0.0, 0.02),
+}
 
-    "keras" is Keras's default (Glorot-uniform weights, zero biases), so the seed presets start
-    from the same distribution as the tutorials; "torch" keeps PyTorch's defaults; "dcgan" is
-    N(0, 0.02) from Radford et al.
-    """
-    if scheme == "torch":
+
+def initialise(module: nn.Module, scheme: str) -> None:
+    """Re-initialise every dense and conv layer in `module` by `INITS[scheme]`."""
+    init = INITS[scheme]
+    if init is None:
         return
     for layer in module.modules():
         if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             continue
         weight = getattr(layer, "parametrizations", None)
-        w = weight.weight.original if weight is not None else layer.weight
         with torch.no_grad():
-            if scheme in ("keras", "glorot_uniform"):
-                nn.init.xavier_uniform_(w)
-            elif scheme == "glorot_normal":
-                nn.init.xavier_normal_(w)
-            elif scheme == "dcgan":
-                nn.init.normal_(w, 0.0, 0.02)
-            else:
-                raise ValueError(f"unknown init {scheme!r}")
+            init(weight.weight.original if weight is not None else layer.weight)
             if layer.bias is not None:
                 layer.bias.zero_()
 
 
-CLASSES = 10  # class-conditional models take a digit label 0-9
 
 
 def with_label(z: torch.Tensor, labels: torch.Tensor | None, conditional: bool) -> torch.Tensor:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ..config import ConvDiscriminatorConfig, ConvGeneratorConfig
 from .common import (
     CLASSES,
     Discriminator,
@@ -19,6 +20,9 @@ from .common import (
     maybe_spectral,
     with_label,
 )
+
+if TYPE_CHECKING:
+    from ..config import ConvDiscriminatorConfig, ConvGeneratorConfig
 
 
 class ConvGenerator(nn.Module):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ..config import MLPDiscriminatorConfig, MLPGeneratorConfig
 from .common import (
     CLASSES,
     Discriminator,
@@ -16,6 +17,9 @@ from .common import (
     initialise,
     with_label,
 )
+
+if TYPE_CHECKING:
+    from ..config import MLPDiscriminatorConfig, MLPGeneratorConfig
 
 PIXELS = 28 * 28
 

@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data import CLASSES
 from ..errors import UserError
 from ..generate import TrainedGenerator, load_generator
 from ..noise import DISTRIBUTIONS
@@ -39,10 +40,10 @@ MAX_STEPS = 64  # interpolation frames
 MAX_BODY = 1024  # bytes: the API takes no bodies, so anything larger is refused unread
 MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this many at once
 
-Noise = Literal[DISTRIBUTIONS]  # type: ignore[valid-type]
+Noise = Literal[tuple(DISTRIBUTIONS)]  # type: ignore[valid-type]
 Count = Annotated[int, Query(ge=1, le=MAX_COUNT, description="images to make")]
 Seed = Annotated[int, Query(ge=0, lt=2**63, description="noise seed: same seed, same images")]
-Digit = Annotated[int | None, Query(ge=0, le=9, description="conditional models: this digit")]
+Digit = Annotated[int | None, Query(ge=0, le=CLASSES - 1, description="conditional models: this digit")]
 Scale = Annotated[int, Query(ge=1, le=8, description="pixels per image pixel")]
 
 
