@@ -11,13 +11,15 @@ def mnist_dir() -> Path:
     """The folder MNIST is read from: $MNISTGAN_DATA when set (CI points it at its offline
     copy), else the download cache, filled on first use. A test that needs MNIST and cannot
     get it fails with one line saying how to provide it, never a quiet skip."""
-    from mnistgan.data import resolve_files
+    from mnistgan.data import default_cache_dir, resolve_files
     from mnistgan.errors import UserError
 
     try:
-        files = resolve_files("mnist")
-    except UserError as exc:
-        pytest.fail(f"this test needs MNIST, which is neither in $MNISTGAN_DATA nor downloadable "
-                    f"({str(exc).split(':')[0]}): run MNISTGAN_DATA=DIR pytest with DIR holding the "
-                    "four IDX .gz files, or run it once online", pytrace=False)
-    return files["train-images"].parent
+        return resolve_files("mnist")["train-images"].parent
+    except UserError:
+        pass
+    where = os.environ.get("MNISTGAN_DATA")
+    reason = (f"MNISTGAN_DATA={where} does not hold the four IDX files" if where else
+              f"MNISTGAN_DATA is not set and it could not be downloaded into {default_cache_dir()}")
+    pytest.fail(f"this test needs MNIST: {reason}; run MNISTGAN_DATA=DIR pytest with DIR holding "
+                "the four IDX .gz files, or run the tests once online", pytrace=False)

@@ -255,10 +255,13 @@ def _parse_idx(reader: _Reader, path: str | Path, max_bytes: int | None) -> np.n
         raise _bad(path, "truncated IDX header")
     dims = tuple(int.from_bytes(raw_dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
     # Python ints, so a hostile header cannot overflow the product.
-    declared = 1
+    declared = spanned = 1
     for d in dims:
         declared *= d
+        spanned *= max(d, 1)  # numpy refuses such a shape even when another dimension is 0
     shape = "x".join(map(str, dims))
+    if spanned > 2**40:
+        raise _bad(path, f"IDX header declares a {shape} array, larger than any IDX file")
     header_len = 4 + 4 * ndim
     if max_bytes is not None and header_len + declared > max_bytes:
         raise _bad(path, f"IDX header declares {shape} = {declared} bytes, more than the "

@@ -58,6 +58,18 @@ class RunFolder:
         self._tb = _tensorboard_writer(path / "tensorboard") if tensorboard else None
         self._lock: IO[str] | None = None
 
+    @staticmethod
+    def check_new(path: str | Path) -> None:
+        """Refuse, before any data is loaded, a folder that is in use or cannot be made."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(p.name != LOCK for p in path.iterdir())):
+            raise UserError(f"output folder {path} already exists and is not empty: "
+                            "choose another --out or delete it")
+        nearest = next(p for p in (path, *path.parents) if p.exists())
+        if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to output folder {path} ({nearest} is not a writable "
+                            "folder): choose a writable --out")
+
     @classmethod
     def create(cls, path: str | Path, config: Config, tensorboard: bool = False) -> RunFolder:
         """Make a new run folder, refusing one that already holds files and checking that it
@@ -66,12 +78,7 @@ class RunFolder:
         if tensorboard:
             _tensorboard_class()  # missing package: say so before anything is written
 
-        def refuse_if_used() -> None:
-            if path.exists() and (not path.is_dir() or any(p.name != LOCK for p in path.iterdir())):
-                raise UserError(f"output folder {path} already exists and is not empty: "
-                                "choose another --out or delete it")
-
-        refuse_if_used()
+        cls.check_new(path)
         made = [p for p in (path, *path.parents) if not p.exists()]
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -81,7 +88,7 @@ class RunFolder:
                 shutil.rmtree(folder, ignore_errors=True)
             raise UserError(f"cannot write to output folder {path} ({exc.strerror}): "
                             "choose a writable --out with free space") from None
-        refuse_if_used()  # another process may have filled it since the first look
+        cls.check_new(path)  # another process may have filled it since the first look
         try:
             (path / "samples").mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"

@@ -416,6 +416,8 @@ def train(
 ) -> TrainResult:
     """Train `config` and write a run folder (default: runs/NAME-TIMESTAMP). The Python
     equivalent of `mnistgan train`."""
+    if out is not None:
+        RunFolder.check_new(out)
     world, device, data, steps = _prepare(config, data_dir)
     config.train.world_size = world.size
     run = on_rank0(world, lambda: RunFolder.create(out or default_run_path(config), config, tensorboard))
