@@ -372,8 +372,8 @@ def reference(raw: bytes) -> np.ndarray | None:
     if len(raw) < end:
         return None
     dims = [int.from_bytes(raw[i:i + 4], "big") for i in range(4, end, 4)]
-    if math.prod(dims) != len(raw) - end:
-        return None
+    if math.prod(dims) != len(raw) - end or math.prod(max(d, 1) for d in dims) > 2**40:
+        return None  # (the second: a shape no array can have, even an empty one)
     return np.frombuffer(raw[end:], np.uint8).reshape(dims)
 
 
