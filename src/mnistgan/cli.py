@@ -72,7 +72,9 @@ NAMED = {
     "digits": ("data.digits", str, "train on these digits only, e.g. 5 or 3,5,8"),
     "dataset": ("data.dataset", str, "the images to learn"),
     "device": ("train.device", str, "where to train"),
-    "threads": ("train.threads", positive_int, "CPU threads for PyTorch"),
+    "threads": ("train.threads", positive_int,
+                "CPU threads for PyTorch (default: PyTorch's, one per core; with other work on "
+                "the machine, give the number of idle cores)"),
     "precision": ("train.precision", str, "bfloat16 autocast in no network, both, or D only"),
     "log_every": ("train.log_every", positive_int, "steps between metric rows"),
     "sample_every": ("train.sample_every", positive_int, "steps between sample grids"),
