@@ -112,3 +112,34 @@ def test_ctrl_c_under_torchrun_stops_both_ranks_at_one_step_with_a_checkpoint(tm
     step = int(stopped[0].split(" at step ")[1].split()[0])
     assert (run / "checkpoints" / f"step_{step:07d}").is_dir()
     assert f"continue with: mnistgan train --resume {run}" in stopped[0]
+
+
+def test_a_second_torchrun_job_on_a_run_in_use_is_refused_on_every_rank(tmp_path, mnist_dir):
+    """Rank 0 holds the run's lock; the second job's rank 0 is refused and its other rank
+    stops too instead of waiting for it at the first collective."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={free_port()}", "-m", "mnistgan", "train", "--preset", "seed-002",
+         "--steps", "1000000", "--no-progress", "--set", "train.checkpoint_every=20", "--out", str(run)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_in(tmp_path),
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run / "checkpoints").glob("step_*")):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                   "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "mnistgan", "train",
+                   "--resume", str(run), "--steps", "2000000", "--no-progress"]
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env_in(tmp_path))
+        assert second.returncode != 0
+        refused = [line for line in second.stderr.splitlines() if line.startswith("mnistgan: error:")]
+        assert len(refused) == 1 and "is in use by process" in refused[0], second.stderr[-2000:]
+        assert first.poll() is None  # the first job trains on
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)  # torchrun passes it on to its workers
+        first.communicate(timeout=120)
