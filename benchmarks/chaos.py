@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mnistgan.checkpoint import checkpoint_step, list_checkpoints
+
 # Per preset: a few steps a second or hundreds, with checkpoints and grids often, so that kills
 # land in steps, in checkpoint writes and in grid writes.
 SETTINGS = {
@@ -63,8 +65,8 @@ def metric_rows(run: Path) -> list[dict]:
 
 
 def newest_step(run: Path) -> int:
-    steps = [int(p.name[5:]) for p in (run / "checkpoints").glob("step_*")]
-    return max(steps, default=0)
+    checkpoints = list_checkpoints(run / "checkpoints")
+    return checkpoint_step(checkpoints[-1]) if checkpoints else 0
 
 
 def same_weights(a: Path, b: Path) -> bool:

@@ -1,5 +1,6 @@
 """Never lose a run: exact resume, signals, kill -9, damaged checkpoints."""
 
+import json
 import os
 import random
 import signal
@@ -178,3 +179,61 @@ def test_chaos_script_kills_runs_and_each_stays_usable(tmp_path, mnist_dir):
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert "usable after the kill: 4/4; resumed to the end vs never stopped: seed-002: equal, " \
            "seed-000: equal" in done.stdout
+
+
+def test_state_flattens_and_comes_back_with_its_types():
+    from mnistgan.checkpoint import flatten_state, unflatten_state
+
+    state = {"opt": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}, 7: {}},
+                     "param_groups": [{"lr": 1e-3, "params": [0, 7]}]},
+             "rng": {"torch": [torch.arange(3), torch.arange(4)]}, "wall_s": 1.5, "best": None,
+             "G": {"body.0.weight": torch.zeros(2, 2)}}
+    tensors, skeleton = flatten_state(state)
+    json.dumps(skeleton)  # the rest is plain JSON
+    back = unflatten_state(tensors, json.loads(json.dumps(skeleton)))
+    assert set(back["opt"]["state"]) == {0, 7}  # integer keys stay integers
+    assert torch.equal(back["opt"]["state"][0]["exp_avg"], torch.ones(2))
+    assert [t.tolist() for t in back["rng"]["torch"]] == [[0, 1, 2], [0, 1, 2, 3]]
+    assert back["wall_s"] == 1.5 and back["best"] is None and back["opt"]["param_groups"] == [
+        {"lr": 1e-3, "params": [0, 7]}]
+
+
+def write_format_1(folder, state):
+    """The checkpoint layout written until 2026-12-01 (96cb798's save_checkpoint): flat tensor
+    names, one torch RNG state, counters and optimiser groups in state.json."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    gan, loop = state["gan"], state["loop"]
+    tensors = {f"{net}.{k}": v for net in ("G", "D", "G_ema") for k, v in gan.get(net, {}).items()}
+    meta = {"format": "mnistgan-checkpoint-1", **gan["counters"], "since_log": loop["since_log"],
+            "wall_s": loop["wall_s"], "best_fid": loop["best_fid"], "config": state["config"]}
+    for name in ("opt_g", "opt_d"):
+        for index, values in gan[name]["state"].items():
+            tensors |= {f"{name}.{index}.{k}": torch.as_tensor(v) for k, v in values.items()}
+        meta[name] = {"param_groups": gan[name]["param_groups"]}
+    tensors |= {"rng.torch": gan["rng"]["torch"][0], "rng.data": gan["rng"]["data"],
+                "rng.noise": gan["rng"]["noise"], "loop.metric_sums": loop["metric_sums"][0],
+                "loop.epoch_order": gan["epoch_order"]}
+    blobs = {"state.safetensors": save({k: v.contiguous() for k, v in tensors.items()}),
+             "state.json": json.dumps(meta).encode()}
+    for name, data in blobs.items():
+        (folder / name).write_bytes(data)
+    (folder / "manifest.json").write_text(json.dumps(
+        {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}))
+
+
+def test_a_checkpoint_of_the_old_format_resumes_bit_identically(tmp_path, mnist_dir):
+    common = ["train.batch_size=8", "train.log_every=1", "train.checkpoint_every=2", "train.grid_size=4",
+              "train.ema=0.5"]
+    whole = train(load_config("best", [*common, "train.steps=6"]), out=tmp_path / "whole",
+                  progress=False).run_dir
+    half = train(load_config("best", [*common, "train.steps=4"]), out=tmp_path / "half",
+                 progress=False).run_dir
+    newest = list_checkpoints(half / "checkpoints")[-1]
+    write_format_1(newest, read_checkpoint(newest))
+    assert json.loads((newest / "state.json").read_text())["format"] == "mnistgan-checkpoint-1"
+    resume(half, steps=6, progress=False)
+    same_weights(whole, half)
+    assert untimed(read_metrics(whole / "metrics.jsonl")) == untimed(read_metrics(half / "metrics.jsonl"))

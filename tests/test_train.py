@@ -191,11 +191,11 @@ def test_time_budget_stops_cleanly(tmp_path, mnist_dir):
 def test_time_budget_counts_d_pretraining(tmp_path, mnist_dir):
     """Text 004's D pre-training (seconds here, minutes at its full size) is spent from the
     budget: one that pre-training alone exceeds ends the run after its first step."""
-    config = tiny("seed-004", steps=1_000_000, extra=["train.max_minutes=0.005", "train.batch_size=4",
+    config = tiny("seed-004", steps=1_000_000, extra=["train.max_minutes=0.001", "train.batch_size=4",
                                                       "train.pretrain_images=256"])
     result = train(config, out=tmp_path / "r", progress=False)
     assert result.steps == 1
-    assert "time budget of 0.005 min reached at step 1" in (result.run_dir / "log.txt").read_text()
+    assert "time budget of 0.001 min reached at step 1" in (result.run_dir / "log.txt").read_text()
 
 
 def test_evaluation_during_training_logs_fid_and_keeps_the_best_generator(tmp_path, mnist_dir):

@@ -55,31 +55,48 @@ def test_sample_reads_the_newest_checkpoint_and_its_ema_generator(unfinished_bes
         assert torch.equal(value, state["G_ema"][f"module.{key}"]), key
 
 
-def test_evaluate_export_report_and_serve_take_an_unfinished_run(unfinished_best, tmp_path, capsys):
+def test_evaluate_takes_an_unfinished_run_and_keeps_its_scores_in_it(unfinished_best, capsys):
     before = sorted(p.name for p in unfinished_best.iterdir())
     assert main(["evaluate", str(unfinished_best), "--n", "100"]) == 0
     assert "using its checkpoint at step 4" in capsys.readouterr().err
     saved = json.loads((unfinished_best / "eval.json").read_text())  # written by default
-    assert saved["samples"] == 100 and "step 4" in saved["origin"]
-    assert sorted(p.name for p in unfinished_best.iterdir()) == sorted([*before, "eval.json"])
+    assert saved["samples"] == 100 and saved["step"] == 4 and "step 4" in saved["origin"]
+    assert sorted(p.name for p in unfinished_best.iterdir()) == sorted({*before, "eval.json"})
 
-    pytest.importorskip("onnx")
-    assert main(["export", str(unfinished_best), "--onnx", str(tmp_path / "g.onnx")]) == 0
-    assert "using its checkpoint at step 4" in capsys.readouterr().err
 
+def test_report_shows_an_unfinished_run_as_it_stands(unfinished_best, tmp_path, capsys):
     page = tmp_path / "report.html"
     assert main(["report", str(unfinished_best), "--out", str(page)]) == 0
     note = f"{unfinished_best} is unfinished: shown as of step 4"
     assert note in capsys.readouterr().err and note in page.read_text()
 
+
+def test_export_takes_an_unfinished_run(unfinished_best, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    assert main(["export", str(unfinished_best), "--onnx", str(tmp_path / "g.onnx")]) == 0
+    assert "using its checkpoint at step 4" in capsys.readouterr().err
+
+
+def test_serve_takes_an_unfinished_run(unfinished_best):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from mnistgan.serve import create_app
 
     with TestClient(create_app(unfinished_best)) as client:
-        assert client.get("/api/info").json()["conditional"] is True
+        info = client.get("/api/info").json()
+        assert info["conditional"] is True and info["name"] == unfinished_best.name
         assert client.get("/api/grid.png?n=4").status_code == 200
+
+
+def test_stray_folders_in_checkpoints_are_not_checkpoints(unfinished_best, tmp_path, capsys):
+    stray = unfinished_best / "checkpoints" / "step_0000400.bak"
+    stray.mkdir()
+    try:
+        assert main(["sample", str(unfinished_best), "--out", str(tmp_path / "g.png")]) == 0
+        assert "checkpoint at step 4" in capsys.readouterr().err
+    finally:
+        stray.rmdir()
 
 
 def test_a_run_resumed_past_its_saved_weights_is_read_from_its_newer_checkpoint(tmp_path, mnist_dir,
@@ -159,6 +176,10 @@ def test_data_folder_is_recorded_and_used_by_resume_and_evaluate(tmp_path, mnist
     monkeypatch.setenv("MNISTGAN_MIRRORS", "http://127.0.0.1:9/")
     assert resume(run, steps=4, progress=False).steps == 4
     assert main(["evaluate", str(run), "--n", "100"]) == 0, capsys.readouterr().err
+    # The recorded folder also wins over $MNISTGAN_DATA set for other work.
+    monkeypatch.setenv("MNISTGAN_DATA", str(tmp_path / "elsewhere"))
+    assert resume(run, steps=6, progress=False).steps == 6
+    assert json.loads((run / "config.json").read_text())["data"]["dir"] == str(mnist_dir.resolve())
     assert not (cache / "mnist").exists()
 
 

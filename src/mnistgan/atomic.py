@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ def writable(path: str | Path, option: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder: give a file name")
+    made = [p for p in reversed(path.parents) if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,6 +25,10 @@ def writable(path: str | Path, option: str) -> Path:
     except OSError as exc:
         raise UserError(f"{option} {path}: cannot write there ({exc.strerror or exc}): "
                         "choose a writable path") from None
+    finally:
+        for folder in reversed(made):  # made again when the file is written
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return path
 
 

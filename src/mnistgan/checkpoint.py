@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,18 @@ class Weights:
     config: Config
     role: str  # "generator" or "discriminator"
     step: int | None  # the training step they were taken at (None: files before 2026-12-01)
+
+
+def weights_step(path: Path) -> int | None:
+    """The step recorded in a weights file, read from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            step = (f.metadata() or {}).get("step", "")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}): "
+                        "it is damaged or not mnistgan weights; use the files a training run wrote"
+                        ) from None
+    return int(step) if step.isdigit() else None
 
 
 def load_weights(path: str | Path) -> Weights:
@@ -189,8 +202,7 @@ def save_checkpoint(state: dict[str, Any], folder: Path, step: int, keep: int) -
     of `step`; keep the newest `keep`."""
     tensors, skeleton = flatten_state(state)
     blobs = {"state.safetensors": safetensors_bytes(tensors),
-             "state.json": json.dumps({"format": STATE_FORMAT, "step": step,
-                                       "state": skeleton}).encode()}
+             "state.json": json.dumps({"format": STATE_FORMAT, "state": skeleton}).encode()}
     manifest = {name: _sha256(data) for name, data in blobs.items()}
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -211,10 +223,23 @@ def save_checkpoint(state: dict[str, Any], folder: Path, step: int, keep: int) -
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders of interrupted writes are not)."""
+    """Complete checkpoints, oldest first (neither temporary folders of interrupted writes
+    nor anything else a user put there)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("step_*") if p.is_dir())
+    return sorted(p for p in folder.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d{7}", p.name))
+
+
+def newer_checkpoints(run: Path) -> list[Path]:
+    """A run's checkpoints that are newer than its generator.safetensors, oldest first: all of
+    them while it has none (a run killed, or still training), those past the file's step
+    while a finished run is resumed, none if the file records no step (before 2026-12-01)."""
+    checkpoints = list_checkpoints(run / "checkpoints")
+    file = run / "generator.safetensors"
+    if not file.is_file():
+        return checkpoints
+    step = weights_step(file)
+    return [] if step is None else [c for c in checkpoints if checkpoint_step(c) > step]
 
 
 def checkpoint_step(path: Path) -> int:
@@ -243,7 +268,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             raise UserError(f"checkpoint {path} is not an mnistgan checkpoint: delete that folder")
         return unflatten_state(tensors, meta["state"])
     except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
-            AttributeError) as exc:
+            AttributeError, ValueError) as exc:
         raise UserError(f"checkpoint {path} cannot be read ({exc}): delete that folder") from None
 
 

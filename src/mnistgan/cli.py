@@ -270,16 +270,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if Path(args.source).is_dir():
         try:
             targets.insert(0, writable(Path(args.source) / "eval.json", "the run's eval.json"))
-        except UserError as exc:  # a read-only run folder (e.g. someone else's): print only
-            report(f"note: {exc}")
+        except UserError:  # a read-only run folder (e.g. someone else's)
+            report(f"note: {args.source} is read-only: the scores are printed, not saved in it")
     images, run_digits, labels, gen = load_images(args.source, args.n, args.seed)
     recorded = gen.config.data.dir if gen is not None else ""
     result = evaluate(torch.from_numpy(images), run_digits if digits is None else digits,
                       local_data_dir(args.data_dir, recorded),
                       None if labels is None else torch.from_numpy(labels))
     result["source"] = args.source
-    if gen is not None and gen.origin:
-        result["origin"] = gen.origin
+    if gen is not None:
+        result["step"] = gen.step
+        if gen.origin:
+            result["origin"] = gen.origin
     print(format_table(result))
     for target in targets:
         atomic_write(target, json.dumps(result, indent=2).encode())
@@ -300,17 +302,14 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
-    if args.onnx.suffix != ".onnx":
-        raise UserError(f"--onnx {args.onnx}: give a file name ending in .onnx")
-    target = writable(args.onnx, "--onnx")
-    print(f"wrote {export_onnx(open_generator(args.weights), target)}")
+    print(f"wrote {export_onnx(args.weights, args.onnx, note=report)}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(f"wrote {write_report(args.runs, writable(args.out, '--out'), note=report)}")
+    print(f"wrote {write_report(args.runs, args.out, note=report)}")
     return 0
 
 

@@ -390,12 +390,14 @@ def default_cache_dir() -> Path:
 
 
 def local_data_dir(explicit: str | Path | None = None, recorded: str = "") -> str | None:
-    """The folder to read a dataset from: `explicit` (--data-dir), else $MNISTGAN_DATA, else
-    the folder a run recorded (data.dir) if it still exists; None means the download cache."""
-    for folder in (explicit, os.environ.get("MNISTGAN_DATA")):
-        if folder:
-            return str(Path(folder).expanduser().resolve())
-    return recorded if recorded and Path(recorded).is_dir() else None
+    """The folder to read a dataset from: `explicit` (--data-dir), else the config's data.dir
+    (the folder a run recorded, or set with --set) if it exists here, else $MNISTGAN_DATA;
+    None means the download cache. (A recorded folder missing here, say on another machine,
+    is passed over.)"""
+    if recorded and not explicit and Path(recorded).expanduser().is_dir():
+        explicit = recorded
+    folder = explicit or os.environ.get("MNISTGAN_DATA")
+    return str(Path(folder).expanduser().resolve()) if folder else None
 
 
 def _find(fspec: FileSpec, folders: Sequence[Path]) -> Path | None:

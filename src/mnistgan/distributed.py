@@ -107,6 +107,16 @@ def gather(world: World, tensor: torch.Tensor) -> list[torch.Tensor]:
     return [p.to(tensor.device) for p in parts]
 
 
+def own(world: World, per_rank: list[torch.Tensor]) -> torch.Tensor:
+    """This rank's entry of a `gather`ed list (one entry: the same for every rank, as in
+    checkpoints written before 2026-12-01)."""
+    if len(per_rank) == 1:
+        return per_rank[0]
+    if len(per_rank) != world.size:
+        raise ValueError(f"states of {len(per_rank)} ranks for {world.size}")
+    return per_rank[world.rank]
+
+
 def mean_over_ranks(world: World, tensor: torch.Tensor) -> torch.Tensor:
     """The average of `tensor` over all ranks (a copy; the input is left as it is)."""
     if not world.distributed:

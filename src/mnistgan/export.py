@@ -8,6 +8,7 @@ holding digits 0-9; output: `images` float32 (N, 1, 28, 28) in the generator's o
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,9 +30,10 @@ class _WithLabels(nn.Module):
         return self.net(z, labels)
 
 
-def export_onnx(source: str | Path | TrainedGenerator, path: str | Path) -> Path:
+def export_onnx(source: str | Path | TrainedGenerator, path: str | Path,
+                note: Callable[[str], None] = lambda text: None) -> Path:
     """Write the generator of a run folder or weights file (or one already loaded) as ONNX
-    to `path`."""
+    to `path`; `note` hears where an unfinished run's generator came from."""
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -41,6 +43,8 @@ def export_onnx(source: str | Path | TrainedGenerator, path: str | Path) -> Path
         raise UserError(f"--onnx {path}: give a file name ending in .onnx")
     writable(path, "--onnx")
     gen = source if isinstance(source, TrainedGenerator) else load_generator(source)
+    if gen.origin:
+        note(gen.origin)
     z = torch.zeros(2, gen.config.noise.dim)
     conditional = bool(gen.classes)
     # Wrapper in eval mode: the exporter puts the top module back in its own mode afterwards.

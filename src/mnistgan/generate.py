@@ -9,7 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Weights, checkpoint_step, list_checkpoints, load_state, load_weights, read_checkpoint
+from .checkpoint import (
+    Weights,
+    checkpoint_step,
+    load_state,
+    load_weights,
+    newer_checkpoints,
+    read_checkpoint,
+)
 from .config import Config, config_from_dict
 from .data import to_uint8
 from .errors import UserError
@@ -24,17 +31,26 @@ SAMPLE_CHUNK = 256
 class TrainedGenerator:
     """A generator with the config it was trained under."""
 
-    def __init__(self, net: nn.Module, config: Config, source: str = "", origin: str | None = None
-                 ) -> None:
+    def __init__(self, net: nn.Module, config: Config, source: str = "", origin: str | None = None,
+                 step: int | None = None) -> None:
         self.net = net.eval()
         self.config = config
         self.source = source  # the file or checkpoint folder it was loaded from
+        self.step = step  # the training step of these weights (None: not recorded)
         # Where the weights came from when that is not a finished run's generator file: one
         # line for the user, e.g. "RUN is unfinished: using its checkpoint at step 400".
         self.origin = origin
         # The digits a conditional model can be asked for; empty for an unconditional one.
         self.classes: list[int] = (list(config.data.digits) or list(range(10))
                                    if config.data.conditional else [])
+
+    @property
+    def name(self) -> str:
+        """The run's folder name (outside a run folder: the weights file's name)."""
+        path = Path(self.source)
+        if path.parent.name == "checkpoints":
+            return path.parent.parent.name
+        return path.parent.name if path.name == "generator.safetensors" else path.name
 
     @property
     def device(self) -> torch.device:
@@ -122,42 +138,47 @@ def _from_file(file: Path, weights: Weights) -> TrainedGenerator:
     if weights.role != "generator":
         raise UserError(f"{file} holds {weights.role or 'unknown'} weights, not a generator: "
                         "use generator.safetensors")
-    return _built(weights.tensors, weights.config, str(file))
+    return _built(weights.tensors, weights.config, str(file), step=weights.step)
 
 
 def _built(tensors: dict[str, torch.Tensor], config: Config, source: str,
-           origin: str | None = None) -> TrainedGenerator:
+           origin: str | None = None, step: int | None = None) -> TrainedGenerator:
     broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise UserError(f"{source} holds NaN or infinite weights ({broken[0]}): the run diverged "
                         "there; use generator_best.safetensors or an earlier checkpoint")
     net = build_generator(config)
     load_state(net, tensors, source)
-    return TrainedGenerator(net, config, source, origin)
+    return TrainedGenerator(net, config, source, origin, step)
 
 
 def _from_run(run: Path) -> TrainedGenerator:
     file = run / "generator.safetensors"
-    weights = load_weights(file) if file.is_file() else None
-    checkpoints = list_checkpoints(run / "checkpoints")
-    newest = checkpoint_step(checkpoints[-1]) if checkpoints else None
-    if weights is not None and (newest is None or weights.step is None or weights.step >= newest):
-        return _from_file(file, weights)
-    # Newest first; a checkpoint the training run deletes meanwhile, or a damaged one, gives
-    # way to the one before.
-    for folder in reversed(checkpoints):
-        try:
-            state = read_checkpoint(folder)
-            config = config_from_dict(state["config"])
-        except UserError:
-            continue
-        gan, step = state["gan"], checkpoint_step(folder)
-        average = "G_ema" in gan
-        tensors = ({k[len("module."):]: v for k, v in gan["G_ema"].items() if k.startswith("module.")}
-                   if average else gan["G"])
-        origin = (f"{run} is unfinished: using its checkpoint at step {step}"
-                  + (" (the moving average of G)" if average else ""))
-        return _built(tensors, config, str(folder), origin)
+    failed: UserError | None = None
+    # Newest first. A training run deletes old checkpoints as it writes new ones: a folder
+    # that vanished (or is damaged) gives way to the one before, and the list is read again.
+    for _ in range(3):
+        newer = newer_checkpoints(run)
+        for folder in reversed(newer):
+            try:
+                state = read_checkpoint(folder)
+                config = config_from_dict(state["config"])
+            except UserError as exc:
+                failed = exc
+                continue
+            gan, step = state["gan"], checkpoint_step(folder)
+            average = "G_ema" in gan
+            tensors = ({k[len("module."):]: v for k, v in gan["G_ema"].items() if k.startswith("module.")}
+                       if average else gan["G"])
+            origin = (f"{run} is unfinished: using its checkpoint at step {step}"
+                      + (" (the moving average of G)" if average else ""))
+            return _built(tensors, config, str(folder), origin, step)
+        if not newer:
+            break
+    if file.is_file():
+        return _from_file(file, load_weights(file))
+    if failed is not None:
+        raise failed
     if not (run / "config.json").is_file():
         raise UserError(f"{run} is not a run folder (no config.json, no generator.safetensors): "
                         "give the folder mnistgan train wrote, or a generator .safetensors file")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write, writable
+from .checkpoint import newer_checkpoints
 from .errors import UserError
 from .run import read_metrics
 
@@ -48,14 +49,16 @@ def _read_run(path: Path) -> dict[str, Any]:
     evaluation = None
     if (path / "eval.json").is_file():
         try:
-            evaluation = json.loads((path / "eval.json").read_text(encoding="utf-8"))["generated"]
+            saved = json.loads((path / "eval.json").read_text(encoding="utf-8"))
+            # The step it measured: after a resume the run may have moved on since.
+            evaluation = {"step": saved.get("step"), **saved["generated"]}
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise UserError(f"{path / 'eval.json'} is damaged: delete it or run mnistgan evaluate "
                             f"{path} again") from None
     last = rows[-1] if rows else {}
     # A run killed or still training has no final weights and plots yet: shown as it stands.
     unfinished = None
-    if not (path / "generator.safetensors").is_file():
+    if newer_checkpoints(path) or not (path / "generator.safetensors").is_file():
         unfinished = f"{path} is unfinished: shown as of step {last.get('step', 0)}, its newest logged row"
     return {"path": path, "config": flatten(config), "last": last,
             "grid": grids[-1] if grids else None, "gif": path / "progress.gif",

@@ -60,7 +60,8 @@ class RunFolder:
 
     @staticmethod
     def check_new(path: str | Path) -> None:
-        """Refuse, before any data is loaded, a folder that is in use or cannot be made."""
+        """Refuse, before any data is loaded, a folder that already holds files or cannot be
+        made."""
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(p.name != LOCK for p in path.iterdir())):
             raise UserError(f"output folder {path} already exists and is not empty: "
@@ -193,7 +194,11 @@ def _lock(folder: Path) -> IO[str] | None:
         import fcntl
     except ImportError:  # not a POSIX system: no locking
         return None
-    handle = (folder / LOCK).open("a+", encoding="utf-8")
+    try:
+        handle = (folder / LOCK).open("a+", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write into {folder} ({exc.strerror or exc}): a run is continued "
+                        "where it can write; copy it to a writable folder") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

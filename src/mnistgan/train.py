@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .config import PRECISIONS, Config, config_from_json
 from .data import ImageBank, local_data_dir, to_uint8
-from .distributed import World, any_rank, gather, join, lr_scale, mean_over_ranks, wrap
+from .distributed import World, any_rank, gather, join, lr_scale, mean_over_ranks, own, wrap
 from .errors import Interrupted, UserError
 from .generate import SAMPLE_CHUNK
 from .health import Finding, HealthMonitor, diversity
@@ -354,7 +354,7 @@ class GAN:
                 with torch.no_grad():
                     for key, buffer in net.named_buffers():
                         if name in state.get("rank_buffers", {}):
-                            buffer.copy_(self._own(state["rank_buffers"][name][key]))
+                            buffer.copy_(own(self.world, state["rank_buffers"][name][key]))
             for opt, name in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
                 opt.load_state_dict(state[name])
                 match_layouts(opt)
@@ -365,21 +365,12 @@ class GAN:
             rng = state["rng"]
             self.data_rng.set_state(rng["data"])
             self.noise_rng.set_state(rng["noise"])
-            torch.set_rng_state(self._own(rng["torch"]))
+            torch.set_rng_state(own(self.world, rng["torch"]))
             if self.device.type == "cuda" and "cuda" in rng:
-                torch.cuda.set_rng_state(self._own(rng["cuda"]), self.device)
+                torch.cuda.set_rng_state(own(self.world, rng["cuda"]), self.device)
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise UserError(f"checkpoint {source} does not fit this run ({exc}): "
                             "resume with the run folder it was written in") from None
-
-    def _own(self, per_rank: list[torch.Tensor]) -> torch.Tensor:
-        """This rank's entry of a per-rank list (checkpoints before 2026-12-01 held rank 0's
-        only, which every rank then used)."""
-        if len(per_rank) == 1:
-            return per_rank[0]
-        if len(per_rank) != self.world.size:
-            raise ValueError(f"RNG states of {len(per_rank)} ranks for {self.world.size}")
-        return per_rank[self.world.rank]
 
     @property
     def sampler(self) -> torch.nn.Module:
@@ -418,45 +409,62 @@ def train(
     equivalent of `mnistgan train`."""
     if out is not None:
         RunFolder.check_new(out)
-    world, device, data, steps = _prepare(config, data_dir)
+    world, device = _join(config)
+    data, steps = _load_data(config, data_dir, world)
     config.train.world_size = world.size
     run = on_rank0(world, lambda: RunFolder.create(out or default_run_path(config), config, tensorboard))
-    t = config.train
-    if run is not None:
-        batch = f"batch {t.batch_size}" + (f" x {world.size} processes" if world.distributed else "")
-        run.note(f"preset {config.name}: {steps} steps at {batch} on {len(data)} images, device "
-                 f"{device}, {torch.get_num_threads()} threads, seed {t.seed}")
-    gan = GAN(config, data, device, world)
-    return Loop(gan, run, steps, progress).run()
+    with _released_on_error(run):
+        t = config.train
+        if run is not None:
+            batch = f"batch {t.batch_size}" + (f" x {world.size} processes" if world.distributed else "")
+            run.note(f"preset {config.name}: {steps} steps at {batch} on {len(data)} images, device "
+                     f"{device}, {torch.get_num_threads()} threads, seed {t.seed}")
+        gan = GAN(config, data, device, world)
+        loop = Loop(gan, run, steps, progress)
+    return loop.run()
 
 
 def on_rank0(world: World, make: Callable[[], RunFolder]) -> RunFolder | None:
-    """`make()` on rank 0 only (the rank that writes files); its UserError stops every rank,
-    so that no rank waits for the others at the first collective."""
+    """`make()` on rank 0 only (the rank that writes files); its failure stops every rank, so
+    that no rank waits for the others at the first collective."""
     made, failed = None, None
     if world.main:
         try:
             made = make()
-        except UserError as exc:
+        except Exception as exc:  # raised below, once the other ranks know
             failed = exc
     if any_rank(world, failed is not None)[0]:
         raise failed or UserError("rank 0 could not open the run folder (its error is above)")
     return made
 
 
-def _prepare(config: Config, data_dir: str | Path | None
-             ) -> tuple[World, torch.device, ImageBank, int]:
-    """Threads, device, the process group under torchrun, the training images (recording in
-    the config the folder they came from) and the run's length: checked before any file is
-    written or any training time spent."""
+@contextmanager
+def _released_on_error(run: RunFolder | None) -> Iterator[None]:
+    """Give the run folder's lock back if setting up the run fails (Loop.run gives it back
+    when the run ends), so that the same process can try again."""
+    try:
+        yield
+    except BaseException:
+        if run is not None:
+            run.release()
+        raise
+
+
+def _join(config: Config) -> tuple[World, torch.device]:
+    """Threads, device and, under torchrun, the process group."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    world, device = join(resolve_device(config.train.device))
+    return join(resolve_device(config.train.device))
+
+
+def _load_data(config: Config, data_dir: str | Path | None, world: World) -> tuple[ImageBank, int]:
+    """The training images, recording in the config the folder they came from, and the run's
+    length in steps."""
     folder = local_data_dir(data_dir, config.data.dir)
     data = ImageBank.load(config.data.dataset, "train", folder, config.data.digits,
                           config.data.value_range)
     config.data.dir = folder or ""
-    return world, device, data, total_steps(config, len(data), world.size)
+    return data, total_steps(config, len(data), world.size)
 
 
 def resume(
@@ -475,32 +483,37 @@ def resume(
     if steps is not None or epochs is not None:
         config.train.steps = steps or 0
         config.train.epochs = epochs or 0.0
-    checkpoints = list_checkpoints(folder.checkpoints)
-    if not checkpoints:
-        raise UserError(f"{folder.path} has no checkpoint to resume from (it stopped before its "
-                        "first one): start it again with mnistgan train")
-    state = read_checkpoint(checkpoints[-1])
-    step = checkpoint_step(checkpoints[-1])
-    world, device, data, total = _prepare(config, data_dir)
+    world, device = _join(config)
     if world.size != config.train.world_size:
         n = config.train.world_size
         raise UserError(f"{folder.path} was trained by {n} process{'es' if n > 1 else ''}, this is "
                         f"{world.size}: resume with the same number (torchrun --nproc_per_node={n}"
                         f" ...{' or no torchrun' if n == 1 else ''}) so the batches stay the same")
-    if step >= total:
-        raise UserError(f"{folder.path} is already at step {step} of {total}: "
-                        f"give a larger total, e.g. --steps {2 * step}")
+
     def claimed() -> RunFolder:
         folder.lock()
         return folder
 
+    # Claimed before the checkpoints are read: another writer would be deleting old ones.
     run = on_rank0(world, claimed)
-    gan = GAN(config, data, device, world)
-    gan.load_state_dict(state["gan"], str(checkpoints[-1]))
-    if run is not None:
-        run.rewind(gan.step, config)
-        run.note(f"resumed from {checkpoints[-1].name}: step {gan.step} of {total}")
-    return Loop(gan, run, total, progress, state["loop"]).run()
+    with _released_on_error(run):
+        checkpoints = list_checkpoints(folder.checkpoints)
+        if not checkpoints:
+            raise UserError(f"{folder.path} has no checkpoint to resume from (it stopped before its "
+                            "first one): start it again with mnistgan train")
+        step = checkpoint_step(checkpoints[-1])
+        state = read_checkpoint(checkpoints[-1])
+        data, total = _load_data(config, data_dir, world)
+        if step >= total:
+            raise UserError(f"{folder.path} is already at step {step} of {total}: "
+                            f"give a larger total, e.g. --steps {2 * step}")
+        gan = GAN(config, data, device, world)
+        gan.load_state_dict(state["gan"], str(checkpoints[-1]))
+        if run is not None:
+            run.rewind(gan.step, config)
+            run.note(f"resumed from {checkpoints[-1].name}: step {gan.step} of {total}")
+        loop = Loop(gan, run, total, progress, state["loop"])
+    return loop.run()
 
 
 class Loop:
@@ -515,7 +528,8 @@ class Loop:
         # The loop's own state, carried across a resume: the sums of the metric rows not yet
         # logged, the best FID so far and the wall time of earlier sessions.
         resumed = resumed or {}
-        self.metric_sums = resumed.get("metric_sums", torch.zeros(len(STATS))).to(gan.device)
+        sums = resumed.get("metric_sums", [torch.zeros(len(STATS))])
+        self.metric_sums = (own(gan.world, sums) if isinstance(sums, list) else sums).to(gan.device)
         self.since_log = int(resumed.get("since_log", 0))
         self.best_fid: float | None = resumed.get("best_fid")
         self.wall_before = float(resumed.get("wall_s", 0.0))
@@ -617,7 +631,8 @@ class Loop:
         """Every rank takes part (the state gathers each rank's random stream); rank 0 writes."""
         gan = self.gan
         state = {"gan": gan.state_dict(),
-                 "loop": {"metric_sums": sums, "since_log": since_log, "best_fid": self.best_fid,
+                 "loop": {"metric_sums": gather(gan.world, sums), "since_log": since_log,
+                          "best_fid": self.best_fid,
                           "wall_s": wall},
                  "config": gan.config.to_dict()}
         if self.main:

@@ -9,11 +9,12 @@ from safetensors.torch import save_file
 from mnistgan import load_config
 from mnistgan.distributed import leave
 from mnistgan.run import RunFolder
-from mnistgan.train import GAN, Loop, _prepare
+from mnistgan.train import GAN, Loop, _join, _load_data
 
 out, dump, *overrides = sys.argv[1:]
 config = load_config("seed-002", overrides)
-world, device, data, steps = _prepare(config, None)
+world, device = _join(config)
+data, steps = _load_data(config, None, world)
 config.train.world_size = world.size
 gan = GAN(config, data, device, world)
 Loop(gan, RunFolder.create(out, config) if world.main else None, steps, False).run()

@@ -126,7 +126,8 @@ class MNISTClassifier(nn.Module):
         logits = [torch.empty(0, 10)]
         starts = range(0, len(images), batch)
         with self._inference():
-            for start in tqdm(starts, desc=progress, disable=progress is None, unit="batch",
+            # disable=None: a bar on a terminal only, not in logs
+            for start in tqdm(starts, desc=progress, disable=True if progress is None else None, unit="batch",
                               dynamic_ncols=True, leave=False):
                 # Scaling per batch keeps a float copy of a large uint8 set out of memory.
                 x = prepare(images[start:start + batch], value_range).to(self.device)

@@ -50,7 +50,7 @@ Scale = Annotated[int, Query(ge=1, le=8, description="pixels per image pixel")]
 def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
     """The app for a run folder or generator .safetensors file (loaded here, once)."""
     gen = source if isinstance(source, TrainedGenerator) else load_generator(source)
-    name = Path(source).name if not isinstance(source, TrainedGenerator) else "generator"
+    name = gen.name
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnistgan-generate")
 
     @contextlib.asynccontextmanager
