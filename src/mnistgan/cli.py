@@ -128,6 +128,9 @@ def build_parser() -> Parser:
     p.add_argument("--json", type=Path,
                    help="also write the results as JSON here (a run folder always gets RUN/eval.json)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
+    p.add_argument("--inception", action="store_true",
+                   help="also the papers' Inception-FID against the test set (pip install "
+                        "'mnistgan[inception]'; minutes on a CPU, the first time many more)")
 
     p = sub.add_parser("classifier", help="the reference MNIST classifier behind the metrics")
     csub = p.add_subparsers(dest="classifier_command", required=True, parser_class=Parser)
@@ -272,11 +275,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             targets.insert(0, writable(Path(args.source) / "eval.json", "the run's eval.json"))
         except UserError:  # a read-only run folder (e.g. someone else's)
             report(f"note: {args.source} is read-only: the scores are printed, not saved in it")
+    if args.inception:
+        from .metrics.inception import network_path
+
+        network_path()  # the extra is missing: say so before any work
     images, run_digits, labels, gen = load_images(args.source, args.n, args.seed)
     recorded = gen.config.data.dir if gen is not None else ""
     result = evaluate(torch.from_numpy(images), run_digits if digits is None else digits,
                       local_data_dir(args.data_dir, recorded),
-                      None if labels is None else torch.from_numpy(labels))
+                      None if labels is None else torch.from_numpy(labels), inception=args.inception,
+                      dataset=gen.config.data.dataset if gen is not None else "mnist")
     result["source"] = args.source
     if gen is not None:
         result["step"] = gen.step

