@@ -150,3 +150,11 @@ def test_short_training_run_writes_loadable_weights(mnist_dir: Path, tmp_path: P
     assert model.embed_all(torch.zeros(2, 28, 28, dtype=torch.uint8)).shape == (2, 128)
     # Written atomically: no temporary files left beside it.
     assert [p.name for p in out.parent.iterdir()] == ["clf.safetensors"]
+
+
+def test_the_shipped_classifier_never_saw_the_held_out_floor():
+    """The metrics' real-data floor is the last HELD_OUT training images: data the judge was
+    not trained on."""
+    from mnistgan.metrics.classifier import HELD_OUT
+
+    assert int(read_metadata()["train_images"]) == 60000 - HELD_OUT

@@ -74,7 +74,7 @@ def test_one_digit_is_flagged_as_mode_collapse(ref, mnist_dir):
     x, y = load_split("mnist", "test")
     ones = x[y == 1][:500]
     out = compute(ones, ref, ["classes", "classifier_score"])
-    assert out["missing_digits"] == 9 and out["class_entropy"] < 0.1
+    assert out["missing_digits"] >= 8 and out["class_entropy"] < 0.1  # one misread 1 may show
     assert out["classifier_score"] < 1.2
 
 
@@ -91,11 +91,29 @@ def test_every_registered_metric_runs_and_the_table_has_the_floor(real):
     result = evaluate(real[:500])
     assert set(result["generated"]) >= {"fid", "kid", "precision", "recall", "classifier_score",
                                          "class_entropy", "memorised"}
-    assert len(METRICS) == 6
+    assert len(METRICS) == 7
     assert reference() is reference((), None)  # one cache entry, however it is asked for
     table = format_table(result)
     assert "real floor (500)" in table and "FID" in table
     assert sum(result["histogram"]) == 500
+
+
+def test_per_digit_scores_catch_a_collapse_inside_one_digit(mnist_dir):
+    """Real test digits, except that every 3 is one and the same 3: overall the set looks
+    nearly right, per digit the 3s are far off and named the worst."""
+    from mnistgan.data import load_split
+
+    x, y = load_split("mnist", "test")
+    x, y = x[:2000].clone(), y[:2000]
+    x[y == 3] = x[y == 3][0]
+    result = evaluate(x, labels=y)  # as a conditional model asked for these digits
+    gen, real = result["generated"], result["real"]
+    assert int(gen["worst_digit"]) == 3
+    others = [gen[f"fid_{d}"] for d in range(10) if d != 3]
+    assert gen["fid_3"] > 10 * max(others)
+    assert gen["recall_3"] < 0.1 < min(gen[f"recall_{d}"] for d in range(10) if d != 3)
+    assert real["fid_3"] < 3 * max(real[f"fid_{d}"] for d in range(10))  # the floor is even
+    assert "worst digit: 3" in format_table(result)
 
 
 def test_digit_subset_reference(mnist_dir):

@@ -254,7 +254,7 @@ def load_images(source: str, n: int, seed: int
                             "evaluate wants (N, 28, 28) uint8, as `mnistgan sample --npy` writes")
         return images[:n], [], None, None
     gen = open_generator(source)
-    labels = gen.labels(n)
+    labels = gen.labels(n, seed=seed)
     return (gen.sample(n, seed=seed), list(gen.config.data.digits),
             None if labels is None else labels.cpu().numpy(), gen)
 

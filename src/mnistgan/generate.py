@@ -26,6 +26,7 @@ from .noise import DISTRIBUTIONS, interpolate, sample_noise
 # Images per forward pass when sampling: text 004's generator holds 200 channels at 28x28
 # (0.6 MB an image per layer), so larger chunks cost memory and gain no speed.
 SAMPLE_CHUNK = 256
+LABEL_SEED_OFFSET = 1_000_003  # labels of seed s come from stream s + this
 
 
 class TrainedGenerator:
@@ -68,9 +69,10 @@ class TrainedGenerator:
             noise_config = replace(noise_config, dist=noise)
         return sample_noise(noise_config, n, torch.Generator(self.device).manual_seed(seed), self.device)
 
-    def labels(self, n: int, digit: int | None = None) -> torch.Tensor | None:
-        """Labels for n images: all `digit`, or the model's digits in turn; None if the model
-        is unconditional (then asking for a digit is an error)."""
+    def labels(self, n: int, digit: int | None = None, seed: int = 0) -> torch.Tensor | None:
+        """Labels for n images: all `digit`, or the model's digits drawn uniformly at random
+        (the same `seed`, the same draw), as in training; None if the model is unconditional
+        (then asking for a digit is an error)."""
         if not self.classes:
             if digit is not None:
                 raise UserError(f"--digit {digit}: this generator is not class-conditional (it was "
@@ -78,7 +80,10 @@ class TrainedGenerator:
                                 "--set data.conditional=true (e.g. --preset best)")
             return None
         if digit is None:
-            return torch.tensor(self.classes, device=self.device).repeat(n // len(self.classes) + 1)[:n]
+            # A stream of its own, so that the labels do not echo the noise of the same seed.
+            draw = torch.Generator(self.device).manual_seed(seed + LABEL_SEED_OFFSET)
+            pick = torch.randint(0, len(self.classes), (n,), generator=draw, device=self.device)
+            return torch.tensor(self.classes, device=self.device)[pick]
         if digit not in self.classes:
             raise UserError(f"--digit {digit}: this generator knows digits "
                             f"{','.join(map(str, self.classes))}: ask for one of those")
@@ -95,8 +100,8 @@ class TrainedGenerator:
     def sample(self, n: int, seed: int = 0, noise: str | None = None,
                digit: int | None = None) -> np.ndarray:
         """`n` digits as a uint8 array (n, 28, 28); `digit` asks a conditional model for one
-        digit (else it makes its digits in turn)."""
-        labels = self.labels(n, digit)
+        digit (else its digits are drawn at random)."""
+        labels = self.labels(n, digit, seed)
         return self.decode(self.noise(n, seed, noise), labels)
 
     def sample_by_class(self, per_digit: int, seed: int = 0, noise: str | None = None) -> np.ndarray:

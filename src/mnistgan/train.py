@@ -645,9 +645,11 @@ class Loop:
 
         gan, config = self.gan, self.gan.config
         t = config.train
-        z = sample_noise(config.noise, t.eval_samples,
-                         torch.Generator(gan.device).manual_seed(t.seed + 4), gan.device)
-        y = class_rows(gan.classes, t.eval_samples, 1) if gan.conditional else None
+        draw = torch.Generator(gan.device).manual_seed(t.seed + 4)
+        z = sample_noise(config.noise, t.eval_samples, draw, gan.device)
+        # Digits drawn at random, as a user's samples are (not in turn).
+        y = (gan.classes[torch.randint(0, len(gan.classes), (t.eval_samples,), generator=draw,
+                                       device=gan.device)] if gan.conditional else None)
         images = gan.sample(z, y)
         u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)
         scores = evaluate_images(u8, digits=config.data.digits, data_dir=config.data.dir or None,

@@ -34,11 +34,17 @@ from .classifier import HELD_OUT, SHIPPED_SHA256, load_classifier
 class FeatureSet:
     features: torch.Tensor  # (N, D) classifier embedding
     probs: torch.Tensor  # (N, 10) class probabilities
+    # Each image's digit: the one a conditional generator was asked for, or the true one of a
+    # real image; None: the classifier's reading stands in for it.
+    labels: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, images_u8: torch.Tensor) -> FeatureSet:
+    def of(cls, images_u8: torch.Tensor, labels: torch.Tensor | None = None) -> FeatureSet:
         feats, logits = load_classifier().features_and_logits_all(images_u8)
-        return cls(feats, logits.softmax(1))
+        return cls(feats, logits.softmax(1), None if labels is None else labels.cpu())
+
+    def digits(self) -> torch.Tensor:
+        return self.probs.argmax(1) if self.labels is None else self.labels
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,8 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
 
     test_x, test_y = load_split("mnist", "test", data_dir)
     train_x, train_y = load_split("mnist", "train", data_dir)
-    test_x = test_x[torch.isin(test_y, torch.tensor(digits))]
+    in_digits = torch.isin(test_y, torch.tensor(digits))
+    test_x, test_y = test_x[in_digits], test_y[in_digits]
     # The last HELD_OUT training images, never seen by the classifier, are the floor; the
     # rest are the bank that samples are checked against for memorisation.
     in_bank = torch.arange(len(train_x)) < len(train_x) - HELD_OUT
@@ -92,7 +99,7 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
                  "threshold": threshold}
         with contextlib.suppress(UserError):  # a read-only cache costs only the time, next run
             atomic_write(cache, save(saved))
-    return Reference(digits, FeatureSet(saved["test_features"], saved["test_probs"]),
+    return Reference(digits, FeatureSet(saved["test_features"], saved["test_probs"], test_y),
                      saved["bank"], heldout, train_y[-n_held:], float(saved["threshold"]))
 
 
@@ -123,6 +130,24 @@ def _cs(gen: FeatureSet, ref: Reference) -> dict[str, float]:
     return {"classifier_score": mean, "classifier_score_std": std}
 
 
+def _per_digit(gen: FeatureSet, ref: Reference) -> dict[str, float]:
+    """FID and recall of each digit's samples against that digit's test images, so that a
+    model that collapses inside one class is caught; the worst digit by FID. A digit with
+    fewer than MIN_SAMPLES samples is left out (it counts as missing or rare)."""
+    out: dict[str, float] = {}
+    gen_digits, ref_digits = gen.digits(), ref.test.digits()
+    for d in ref.digits:
+        mine, theirs = gen.features[gen_digits == d], ref.test.features[ref_digits == d]
+        if len(mine) >= MIN_SAMPLES:
+            out[f"fid_{d}"] = scores.fid(mine, theirs)
+            out[f"recall_{d}"] = scores.precision_recall(theirs, mine)[1]
+    measured = [d for d in ref.digits if f"fid_{d}" in out]
+    if measured:
+        worst = max(measured, key=lambda d: out[f"fid_{d}"])
+        out |= {"worst_digit": float(worst), "worst_digit_fid": out[f"fid_{worst}"]}
+    return out
+
+
 MIN_SAMPLES = 10
 Metric = Callable[[FeatureSet, Reference], dict[str, float]]
 METRICS: dict[str, Metric] = {
@@ -133,6 +158,7 @@ METRICS: dict[str, Metric] = {
     "classes": _classes,
     "memorisation": lambda gen, ref: {
         "memorised": scores.memorised_share(gen.features, ref.train_bank, ref.memorised_below)},
+    "per_digit": _per_digit,
 }
 
 
@@ -144,12 +170,12 @@ def compute(images_u8: torch.Tensor, ref: Reference, names: Sequence[str] | None
     if len(images_u8) < MIN_SAMPLES:
         raise UserError(f"{len(images_u8)} images are too few to measure (k-NN and covariance "
                         f"statistics need at least {MIN_SAMPLES}): use e.g. --n 10000")
-    gen = FeatureSet.of(images_u8)
+    gen = FeatureSet.of(images_u8, labels)
     out: dict[str, float] = {}
     for name in names or METRICS:
         out |= METRICS[name](gen, ref)
     if labels is not None:
-        out["conditional_accuracy"] = (gen.probs.argmax(1) == labels.cpu()).double().mean().item()
+        out["conditional_accuracy"] = (gen.probs.argmax(1) == gen.labels).double().mean().item()
     return out
 
 
@@ -222,6 +248,13 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.append("generated digits: " + "  ".join(
         f"{d}:{100 * result['histogram'][d] / total:.1f}%" for d in result["digits"]))
+    per_digit = [d for d in result["digits"] if f"fid_{d}" in gen]
+    if len(per_digit) > 1:
+        for key, label in (("fid", "per-digit FID"), ("recall", "per-digit recall")):
+            lines.append(f"{label}: " + "  ".join(
+                f"{d}:{gen[f'{key}_{d}']:.3f} ({real.get(f'{key}_{d}', float('nan')):.3f})"
+                for d in per_digit) + "   (real floor in brackets)")
+        lines.append(f"worst digit: {int(gen['worst_digit'])} (FID {gen['worst_digit_fid']:.3f})")
     expected = total / len(result["digits"])
     missing = [d for d in result["digits"] if result["histogram"][d] == 0]
     rare = [d for d in result["digits"] if 0 < result["histogram"][d] < 0.25 * expected]

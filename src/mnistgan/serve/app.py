@@ -135,7 +135,7 @@ def create_app(source: str | Path | TrainedGenerator) -> FastAPI:
                       digit: Digit = None) -> dict[str, Any]:
         """`n` digits as nested lists of 0-255 pixel values, (n, 28, 28)."""
         def work() -> dict[str, Any]:
-            labels = gen.labels(n, digit)
+            labels = gen.labels(n, digit, seed)
             return {"seed": seed, "noise": noise or gen.config.noise.dist,
                     "labels": None if labels is None else labels.tolist(),
                     "images": gen.sample(n, seed=seed, noise=noise, digit=digit).tolist()}
