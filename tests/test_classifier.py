@@ -1,6 +1,7 @@
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -158,3 +159,52 @@ def test_the_shipped_classifier_never_saw_the_held_out_floor():
     from mnistgan.metrics.classifier import HELD_OUT
 
     assert int(read_metadata()["train_images"]) == 60000 - HELD_OUT
+
+
+def idx(path: Path, array: np.ndarray) -> None:
+    """An uncompressed IDX file of unsigned bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def small_fashion(tmp_path: Path) -> Path:
+    """A synthetic stand-in for Fashion-MNIST: each class a bar at its own height."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 10200), ("t10k", 500)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label:4 + 2 * label, 4:24] = 255
+        idx(folder / f"{split}-images-idx3-ubyte", images)
+        idx(folder / f"{split}-labels-idx1-ubyte", labels)
+    return tmp_path / "data"
+
+
+def test_another_dataset_is_scored_by_its_own_classifier_or_refused(small_fashion, tmp_path, monkeypatch,
+                                                                    capsys):
+    from mnistgan.cli import main
+    from mnistgan.data import load_split
+    from mnistgan.metrics.classifier import classifier_path
+
+    monkeypatch.setenv("MNISTGAN_CACHE", str(tmp_path / "cache"))
+    samples = tmp_path / "samples.npy"
+    np.save(samples, load_split("fashion-mnist", "test", small_fashion)[0][:100].numpy())
+    evaluate = ["evaluate", str(samples), "--dataset", "fashion-mnist", "--data-dir", str(small_fashion)]
+    assert main(evaluate) == 2  # never a silent MNIST score
+    err = capsys.readouterr().err
+    assert "no reference classifier for fashion-mnist" in err
+    assert "mnistgan classifier train --dataset fashion-mnist" in err and len(err.strip().splitlines()) == 1
+
+    assert main(["classifier", "train", "--dataset", "fashion-mnist", "--data-dir", str(small_fashion),
+                 "--epochs", "3", "--no-progress"]) == 0
+    path = classifier_path("fashion-mnist")
+    assert path.is_relative_to(tmp_path / "cache")
+    meta = read_metadata(path)
+    assert meta["dataset"] == "fashion-mnist" and meta["train_images"] == "200"  # the rest held out
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    table = capsys.readouterr().out
+    assert "real floor (100)" in table

@@ -127,19 +127,26 @@ def build_parser() -> Parser:
     p.add_argument("--digits", help="reference digits (default: the run's, or all for .npy)")
     p.add_argument("--json", type=Path,
                    help="also write the results as JSON here (a run folder always gets RUN/eval.json)")
-    p.add_argument("--data-dir", help="folder with the MNIST IDX files")
+    p.add_argument("--data-dir", help="folder with the IDX files")
+    p.add_argument("--dataset", choices=choices("data.dataset"),
+                   help="the dataset the samples are measured against (default: the run's; mnist "
+                        "for an .npy file)")
     p.add_argument("--inception", action="store_true",
                    help="also the papers' Inception-FID against the test set (pip install "
                         "'mnistgan[inception]'; minutes on a CPU, the first time many more)")
 
-    p = sub.add_parser("classifier", help="the reference MNIST classifier behind the metrics")
+    p = sub.add_parser("classifier", help="the reference classifier behind the metrics")
     csub = p.add_subparsers(dest="classifier_command", required=True, parser_class=Parser)
-    c = csub.add_parser("train", help="train it from the MNIST training set")
-    c.add_argument("--out", type=Path, default=Path("classifier.safetensors"),
-                   help="weights file to write (default classifier.safetensors)")
+    c = csub.add_parser("train", help="train it on a dataset's training set, less the held-out floor")
+    c.add_argument("--dataset", default="mnist", choices=choices("data.dataset"),
+                   help="default mnist (whose classifier ships with mnistgan); for another one it "
+                        "goes into the cache, where evaluate finds it")
+    c.add_argument("--out", type=Path,
+                   help="weights file to write (default: classifier.safetensors for mnist, the "
+                        "cache for the others)")
     c.add_argument("--epochs", type=positive_int, default=6)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--data-dir", help="folder with the MNIST IDX files")
+    c.add_argument("--data-dir", help="folder with the IDX files")
     c.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("export", help="write a run's generator as an ONNX model")
@@ -284,7 +291,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(torch.from_numpy(images), run_digits if digits is None else digits,
                       local_data_dir(args.data_dir, recorded),
                       None if labels is None else torch.from_numpy(labels), inception=args.inception,
-                      dataset=gen.config.data.dataset if gen is not None else "mnist")
+                      dataset=args.dataset or (gen.config.data.dataset if gen is not None else "mnist"))
     result["source"] = args.source
     if gen is not None:
         result["step"] = gen.step
@@ -298,11 +305,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_classifier(args: argparse.Namespace) -> int:
-    from .metrics.classifier import train_classifier
+    from .metrics.classifier import classifier_path, train_classifier
 
-    result = train_classifier(writable(args.out, "--out"), data_dir=args.data_dir, epochs=args.epochs,
-                              seed=args.seed, progress=not args.no_progress)
-    print(f"wrote {args.out}: test accuracy {100 * result['test_accuracy']:.2f}% "
+    out = args.out or (Path("classifier.safetensors") if args.dataset == "mnist"
+                       else classifier_path(args.dataset))
+    result = train_classifier(writable(out, "--out"), dataset=args.dataset, data_dir=args.data_dir,
+                              epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    print(f"wrote {out}: test accuracy {100 * result['test_accuracy']:.2f}% "
           f"({result['seconds']:.0f} s)")
     return 0
 

@@ -653,7 +653,7 @@ class Loop:
         images = gan.sample(z, y)
         u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)
         scores = evaluate_images(u8, digits=config.data.digits, data_dir=config.data.dir or None,
-                                 labels=None if y is None else y.cpu())
+                                 labels=None if y is None else y.cpu(), dataset=config.data.dataset)
         fid = scores["fid"]
         if self.best_fid is None or fid < self.best_fid:
             self.best_fid = fid

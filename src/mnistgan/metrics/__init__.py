@@ -27,7 +27,7 @@ from ..atomic import atomic_write
 from ..data import default_cache_dir
 from ..errors import UserError
 from . import scores
-from .classifier import HELD_OUT, SHIPPED_SHA256, load_classifier
+from .classifier import HELD_OUT, MNISTClassifier, reference_classifier
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,9 @@ class FeatureSet:
     labels: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, images_u8: torch.Tensor, labels: torch.Tensor | None = None) -> FeatureSet:
-        feats, logits = load_classifier().features_and_logits_all(images_u8)
+    def of(cls, images_u8: torch.Tensor, classifier: MNISTClassifier,
+           labels: torch.Tensor | None = None) -> FeatureSet:
+        feats, logits = classifier.features_and_logits_all(images_u8)
         return cls(feats, logits.softmax(1), None if labels is None else labels.cpu())
 
     def digits(self) -> torch.Tensor:
@@ -49,6 +50,8 @@ class FeatureSet:
 
 @dataclass(frozen=True)
 class Reference:
+    dataset: str  # whose test set samples are compared with, in whose classifier's features
+    classifier: MNISTClassifier
     digits: tuple[int, ...]  # the classes a sample set should cover
     test: FeatureSet  # what samples are compared with
     train_bank: torch.Tensor  # training-image features, for memorisation
@@ -57,18 +60,20 @@ class Reference:
     memorised_below: float  # nearest-training-image distance of the closest 1 % of real
 
 
-def reference(digits: Sequence[int] = (), data_dir: str | Path | None = None) -> Reference:
-    """The reference for samples of `digits` (all ten when empty)."""
+def reference(digits: Sequence[int] = (), data_dir: str | Path | None = None,
+              dataset: str = "mnist") -> Reference:
+    """The reference for samples of `digits` (all ten when empty) of `dataset`."""
     return _reference(tuple(sorted(digits)) or tuple(range(10)),
-                      str(data_dir) if data_dir is not None else None)
+                      str(data_dir) if data_dir is not None else None, dataset)
 
 
 @lru_cache(maxsize=4)
-def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
+def _reference(digits: tuple[int, ...], data_dir: str | None, dataset: str) -> Reference:
     from ..data import load_split
 
-    test_x, test_y = load_split("mnist", "test", data_dir)
-    train_x, train_y = load_split("mnist", "train", data_dir)
+    classifier, classifier_sha256 = reference_classifier(dataset)
+    test_x, test_y = load_split(dataset, "test", data_dir)
+    train_x, train_y = load_split(dataset, "train", data_dir)
     in_digits = torch.isin(test_y, torch.tensor(digits))
     test_x, test_y = test_x[in_digits], test_y[in_digits]
     # The last HELD_OUT training images, never seen by the classifier, are the floor; the
@@ -82,7 +87,7 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
     # Embedding ~70,000 images takes minutes on a laptop CPU: the features are cached on disk,
     # keyed by the classifier's weights (the MNIST files are checksummed on every load).
     cache = default_cache_dir() / "reference" / (
-        f"{SHIPPED_SHA256[:16]}-h{HELD_OUT}-{''.join(map(str, digits))}.safetensors")
+        f"{classifier_sha256[:16]}-{dataset}-h{HELD_OUT}-{''.join(map(str, digits))}.safetensors")
     try:
         saved = load_file(cache)
     except (OSError, SafetensorError):
@@ -90,7 +95,7 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
         everything = torch.cat([test_x, train_x])
         print(f"mnistgan: embedding {len(everything)} reference images, once on this machine "
               f"(cached in {cache.parent})", file=sys.stderr)
-        feats, logits = load_classifier().features_and_logits_all(everything, progress="reference set")
+        feats, logits = classifier.features_and_logits_all(everything, progress="reference set")
         n_test, n_bank = len(test_x), len(train_x) - n_held
         test = FeatureSet(feats[:n_test], logits[:n_test].softmax(1))
         bank = feats[n_test:n_test + n_bank]
@@ -99,8 +104,9 @@ def _reference(digits: tuple[int, ...], data_dir: str | None) -> Reference:
                  "threshold": threshold}
         with contextlib.suppress(UserError):  # a read-only cache costs only the time, next run
             atomic_write(cache, save(saved))
-    return Reference(digits, FeatureSet(saved["test_features"], saved["test_probs"], test_y),
-                     saved["bank"], heldout, train_y[-n_held:], float(saved["threshold"]))
+    test = FeatureSet(saved["test_features"], saved["test_probs"], test_y)
+    return Reference(dataset, classifier, digits, test, saved["bank"], heldout, train_y[-n_held:],
+                     float(saved["threshold"]))
 
 
 def _classes(gen: FeatureSet, ref: Reference) -> dict[str, float]:
@@ -170,7 +176,7 @@ def compute(images_u8: torch.Tensor, ref: Reference, names: Sequence[str] | None
     if len(images_u8) < MIN_SAMPLES:
         raise UserError(f"{len(images_u8)} images are too few to measure (k-NN and covariance "
                         f"statistics need at least {MIN_SAMPLES}): use e.g. --n 10000")
-    gen = FeatureSet.of(images_u8, labels)
+    gen = FeatureSet.of(images_u8, ref.classifier, labels)
     out: dict[str, float] = {}
     for name in names or METRICS:
         out |= METRICS[name](gen, ref)
@@ -181,9 +187,9 @@ def compute(images_u8: torch.Tensor, ref: Reference, names: Sequence[str] | None
 
 def evaluate_images(images_u8: torch.Tensor, digits: Sequence[int] = (),
                     data_dir: str | Path | None = None, names: Sequence[str] | None = None,
-                    labels: torch.Tensor | None = None) -> dict[str, float]:
+                    labels: torch.Tensor | None = None, dataset: str = "mnist") -> dict[str, float]:
     """Metrics of generated images only (what training logs)."""
-    return compute(images_u8, reference(digits, data_dir), names, labels)
+    return compute(images_u8, reference(digits, data_dir, dataset), names, labels)
 
 
 def evaluate(images_u8: torch.Tensor, digits: Sequence[int] = (),
@@ -192,10 +198,11 @@ def evaluate(images_u8: torch.Tensor, digits: Sequence[int] = (),
     """Every metric for the generated images and, as the floor, for as many held-out real
     images (at most all of them), plus the class histogram of the generated images. `labels`:
     the digits a conditional generator was asked for (the floor then uses the real labels).
-    `inception`: also the papers' Inception-FID (optional extra), against `dataset`."""
-    ref = reference(digits, data_dir)
+    Everything is measured against `dataset` (its test set, its classifier); `inception`: also
+    the papers' Inception-FID (optional extra)."""
+    ref = reference(digits, data_dir, dataset)
     n_real = min(len(images_u8), len(ref.heldout))
-    counts = scores.class_histogram(FeatureSet.of(images_u8).probs)
+    counts = scores.class_histogram(FeatureSet.of(images_u8, ref.classifier).probs)
     generated = compute(images_u8, ref, labels=labels)
     real_labels = ref.heldout_labels[:n_real] if labels is not None else None
     real = compute(ref.heldout[:n_real], ref, labels=real_labels)

@@ -38,9 +38,11 @@ __all__ = [
     "SHIPPED_SHA256",
     "augment",
     "MNISTClassifier",
+    "classifier_path",
     "load_classifier",
     "prepare",
     "read_metadata",
+    "reference_classifier",
     "sha256_file",
     "train_classifier",
 ]
@@ -301,6 +303,38 @@ def load_classifier(path: str | Path | None = None, device: str | torch.device =
     return _build(tensors, metadata, path).to(device)
 
 
+def classifier_path(dataset: str = "mnist") -> Path:
+    """Where the reference classifier of `dataset` lives: MNIST's ships in the package, any
+    other dataset's is trained by the user into the cache."""
+    from ..data import default_cache_dir
+
+    if dataset == "mnist":
+        return SHIPPED_PATH
+    return default_cache_dir() / "classifier" / f"{dataset}.safetensors"
+
+
+@functools.lru_cache(maxsize=4)
+def _load_trained(path: Path, digest: str) -> MNISTClassifier:
+    return load_classifier(path, expected_sha256=digest)
+
+
+def reference_classifier(dataset: str = "mnist") -> tuple[MNISTClassifier, str]:
+    """The classifier whose features score samples of `dataset`, and the SHA-256 of its file.
+    A dataset without one is refused in one line: scoring Fashion-MNIST against MNIST's
+    classifier would mean nothing."""
+    if dataset == "mnist":
+        return load_classifier(), SHIPPED_SHA256
+    path = classifier_path(dataset)
+    if not path.is_file():
+        raise UserError(f"no reference classifier for {dataset} on this machine: train one with "
+                        f"mnistgan classifier train --dataset {dataset} (it writes {path})")
+    if read_metadata(path).get("dataset", "mnist") != dataset:
+        raise UserError(f"{path} was not trained on {dataset}: train it again with "
+                        f"mnistgan classifier train --dataset {dataset}")
+    digest = sha256_file(path)
+    return _load_trained(path, digest), digest
+
+
 def read_metadata(path: str | Path | None = None) -> dict[str, str]:
     """The metadata stored with a classifier weights file (the shipped one by default):
     architecture, training settings and measured test accuracy."""
@@ -379,11 +413,12 @@ def _threads(n: int | None) -> Iterator[None]:
 
 
 def train_classifier(out: str | Path, data_dir: str | Path | None = None, epochs: int = _DEFAULT_EPOCHS,
+                     dataset: str = "mnist",
                      seed: int = 0, progress: bool = True, *, batch_size: int = 128, lr: float = 3e-3,
                      max_steps: int | None = None, subset: int | None = None,
                      test_subset: int | None = None, threads: int | None = 2,
                      device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Train the reference classifier on the MNIST training set less its last HELD_OUT images
+    """Train the reference classifier on `dataset`'s training set less its last HELD_OUT images
     (the metrics' real-data floor) and write its weights to `out`
     (safetensors, float16, written atomically). Returns test accuracy (measured with the
     float16 weights as written), seconds taken, and the mean loss over the first and last
@@ -404,9 +439,12 @@ def train_classifier(out: str | Path, data_dir: str | Path | None = None, epochs
     start = time.perf_counter()
     device = torch.device(device)
     with _threads(threads):
-        train_x, train_y = load_split("mnist", "train", data_dir)
+        train_x, train_y = load_split(dataset, "train", data_dir)
+        if len(train_x) <= HELD_OUT:
+            raise UserError(f"the {dataset} training set has {len(train_x)} images: the classifier "
+                            f"needs more than the {HELD_OUT} held out as the metrics' floor")
         train_x, train_y = train_x[:-HELD_OUT], train_y[:-HELD_OUT]
-        test_x, test_y = load_split("mnist", "test", data_dir)
+        test_x, test_y = load_split(dataset, "test", data_dir)
         if subset is not None:
             train_x, train_y = train_x[:subset], train_y[:subset]
         if test_subset is not None:
@@ -453,6 +491,7 @@ def train_classifier(out: str | Path, data_dir: str | Path | None = None, epochs
                     "width2": str(model.widths[1]), "embed_dim": str(model.embed_dim),
                     "epochs": str(epochs), "steps": str(steps), "seed": str(seed),
                     "batch_size": str(batch_size), "lr": repr(lr), "train_images": str(n),
+                    "dataset": dataset,
                     "torch": torch.__version__}
         check = _build(state, metadata, out).to(device)
         accuracy = _accuracy(check, test_x, test_y)
