@@ -78,34 +78,30 @@ def _reference(digits: tuple[int, ...], data_dir: str | None, dataset: str) -> R
     test_x, test_y = test_x[in_digits], test_y[in_digits]
     # The last HELD_OUT training images, never seen by the classifier, are the floor; the
     # rest are the bank that samples are checked against for memorisation.
-    in_bank = torch.arange(len(train_x)) < len(train_x) - HELD_OUT
-    keep = torch.isin(train_y, torch.tensor(digits))
-    n_held = int((keep & ~in_bank).sum())
-    order = torch.cat([torch.nonzero(keep & in_bank).squeeze(1), torch.nonzero(keep & ~in_bank).squeeze(1)])
-    train_x, train_y = train_x[order], train_y[order]
-    heldout = train_x[-n_held:]
+    keep, split = torch.isin(train_y, torch.tensor(digits)), len(train_x) - HELD_OUT
+    bank_x = train_x[:split][keep[:split]]
+    heldout, heldout_y = train_x[split:][keep[split:]], train_y[split:][keep[split:]]
     # Embedding ~70,000 images takes minutes on a laptop CPU: the features are cached on disk,
-    # keyed by the classifier's weights (the MNIST files are checksummed on every load).
+    # keyed by the classifier's weights (the data files are checksummed on every load).
     cache = default_cache_dir() / "reference" / (
         f"{classifier_sha256[:16]}-{dataset}-h{HELD_OUT}-{''.join(map(str, digits))}.safetensors")
     try:
         saved = load_file(cache)
     except (OSError, SafetensorError):
         # One pass over test and training images: a minute or two, once per machine.
-        everything = torch.cat([test_x, train_x])
+        everything = torch.cat([test_x, bank_x, heldout])
         print(f"mnistgan: embedding {len(everything)} reference images, once on this machine "
               f"(cached in {cache.parent})", file=sys.stderr)
         feats, logits = classifier.features_and_logits_all(everything, progress="reference set")
-        n_test, n_bank = len(test_x), len(train_x) - n_held
-        test = FeatureSet(feats[:n_test], logits[:n_test].softmax(1))
+        n_test, n_bank = len(test_x), len(bank_x)
         bank = feats[n_test:n_test + n_bank]
         threshold = torch.tensor(scores.memorisation_threshold(feats[n_test + n_bank:], bank))
-        saved = {"test_features": test.features, "test_probs": test.probs, "bank": bank,
-                 "threshold": threshold}
+        saved = {"test_features": feats[:n_test], "test_probs": logits[:n_test].softmax(1),
+                 "bank": bank, "threshold": threshold}
         with contextlib.suppress(UserError):  # a read-only cache costs only the time, next run
             atomic_write(cache, save(saved))
     test = FeatureSet(saved["test_features"], saved["test_probs"], test_y)
-    return Reference(dataset, classifier, digits, test, saved["bank"], heldout, train_y[-n_held:],
+    return Reference(dataset, classifier, digits, test, saved["bank"], heldout, heldout_y,
                      float(saved["threshold"]))
 
 
