@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -58,8 +59,11 @@ def network() -> torch.jit.ScriptModule:
     if digest != NETWORK_SHA256:
         raise UserError(f"{path} is not the expected Inception-v3 file (sha256 {digest[:16]}...): "
                         "reinstall it with pip install --force-reinstall 'mnistgan[inception]'")
-    # TorchScript from a registry package, checked above.
-    return torch.jit.load(str(path), map_location="cpu").eval()
+    # TorchScript from a registry package, checked above. torch.jit.load is deprecated in
+    # favour of torch.export, but this file exists only as TorchScript.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
 
 
 def resize(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
