@@ -60,16 +60,29 @@ class Weights:
     step: int | None  # the training step they were taken at (None: files before 2026-12-01)
 
 
-def weights_step(path: Path) -> int | None:
-    """The step recorded in a weights file, read from its header alone."""
+def _read_weights(path: Path, tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A weights file's metadata and (unless `tensors` is false) its tensors; a damaged or
+    foreign file is a `UserError` naming it."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            step = (f.metadata() or {}).get("step", "")
+            metadata = f.metadata() or {}
+            loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}): "
-                        "it is damaged or not mnistgan weights; use the files a training run wrote"
-                        ) from None
+        raise UserError(
+            f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}): "
+            "it is damaged or not mnistgan weights; use the files a training run wrote"
+        ) from None
+    return metadata, loaded
+
+
+def _step(metadata: dict[str, str]) -> int | None:
+    step = metadata.get("step", "")
     return int(step) if step.isdigit() else None
+
+
+def weights_step(path: Path) -> int | None:
+    """The step recorded in a weights file, read from its header alone."""
+    return _step(_read_weights(path, tensors=False)[0])
 
 
 def load_weights(path: str | Path) -> Weights:
@@ -78,20 +91,11 @@ def load_weights(path: str | Path) -> Weights:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist: give a run folder or a .safetensors file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(
-            f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}): "
-            "it is damaged or not mnistgan weights; use the files a training run wrote"
-        ) from None
+    metadata, tensors = _read_weights(path)
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise UserError(f"{path} holds no mnistgan config: use the .safetensors files a run wrote")
     config = config_from_json(metadata["config"], source=f"the config inside {path}")
-    step = metadata.get("step", "")
-    return Weights(tensors, config, metadata.get("role", ""), int(step) if step.isdigit() else None)
+    return Weights(tensors, config, metadata.get("role", ""), _step(metadata))
 
 
 def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
