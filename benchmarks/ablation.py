@@ -1,13 +1,19 @@
 """Ablation of the `best` preset: each ingredient switched off (or, for those off by default,
-on) with everything else as the preset has it, all trained for the same number of epochs and
-measured the same way (FID etc. of N samples of the saved generator, conditional accuracy).
+on) with everything else as the preset has it, every variant trained for the same number of
+epochs with several seeds and measured the same way (FID etc. of N samples of the saved
+generator, conditional accuracy; Inception-FID with --inception).
 
-    python benchmarks/ablation.py --epochs 2 --n 10000
+Rows per seed, then per variant the mean, the standard deviation over seeds and the range;
+a difference from the first variant smaller than the seeds' spread is not a difference.
+
+    python benchmarks/ablation.py --epochs 6 --seeds 3 --n 10000 \
+        --variants "best, as shipped" "cosine learning-rate decay"
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,42 +31,75 @@ VARIANTS: dict[str, list[str]] = {
     "one learning rate (2e-4 both), not TTUR": ["train.d_lr=2e-4", "train.g_lr=2e-4"],
     "TTUR with D the faster (D 4e-4, G 1e-4)": ["train.d_lr=4e-4", "train.g_lr=1e-4"],
     "without EMA of G": ["train.ema=0"],
+    "EMA decay 0.9995": ["train.ema=0.9995"],
     "with DiffAugment (translation, cutout)": ["train.augment=translation,cutout"],
     "with R1 penalty (gamma 1)": ["train.r1=1.0"],
     "nearest upsampling + conv, not transposed convs": ["generator.upsample_mode=nearest"],
+    "cosine learning-rate decay": ["train.lr_schedule=cosine"],
+    "linear learning-rate decay": ["train.lr_schedule=linear"],
+    "wider G (128 / 128-64 channels)": ["generator.start_channels=128", "generator.channels=128,64"],
+    "wider D (64-128-256 channels)": ["discriminator.channels=64,128,256"],
+    "latent size 128": ["noise.dim=128"],
+    "batch 32": ["train.batch_size=32"],
+    "batch 128": ["train.batch_size=128"],
+    "bfloat16 in D": ["train.precision=bf16-d"],
 }
+
+
+def spread(values: list[float]) -> str:
+    """mean ± standard deviation [min, max] of one score over seeds."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return (f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} "
+            f"[{min(values):.3f}, {max(values):.3f}]")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
     parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--inception", action="store_true", help="also Inception-FID (slow)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         metavar="NAME")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides applied to every variant (e.g. train.lr_schedule=cosine)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="ablation-")))
     args = parser.parse_args()
-    print("| variant | overrides | minutes | FID ↓ | KID ↓ | precision | recall | "
-          "conditional accuracy ↑ | missing / rare digits |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    columns = ["minutes", "fid", "recall", "precision", "conditional_accuracy"]
+    columns += ["inception_fid"] if args.inception else []
+    print("| variant | seed | " + " | ".join(columns) + " | worst digit |")
+    print("|---|---|" + "---|" * (len(columns) + 1))
+    summary: dict[str, dict[str, list[float]]] = {}
     floor = None
     for index, name in enumerate(args.variants):
-        overrides = [f"train.epochs={args.epochs}", "train.steps=0", *VARIANTS[name]]
-        start = time.perf_counter()
-        run = train(load_config("best", overrides), out=args.out / f"v{index}", progress=False).run_dir
-        minutes = (time.perf_counter() - start) / 60
-        gen = load_generator(run)
-        labels = gen.labels(args.n)
-        result = evaluate(torch.from_numpy(gen.sample(args.n)), labels=labels)
-        g, floor = result["generated"], result["real"]
-        print(f"| {name} | {' '.join(VARIANTS[name]) or '-'} | {minutes:.1f} | {g['fid']:.3f} | "
-              f"{g['kid']:.4f} | {g['precision']:.3f} | {g['recall']:.3f} | "
-              f"{100 * g['conditional_accuracy']:.1f}% | "
-              f"{g['missing_digits']:.0f} / {g['rare_digits']:.0f} |", flush=True)
+        for seed in range(args.seeds):
+            overrides = [f"train.epochs={args.epochs}", "train.steps=0", f"train.seed={seed}",
+                         *args.set, *VARIANTS[name]]
+            start = time.perf_counter()
+            run = train(load_config("best", overrides), out=args.out / f"v{index}-s{seed}",
+                        progress=False).run_dir
+            minutes = (time.perf_counter() - start) / 60
+            gen = load_generator(run)
+            labels = gen.labels(args.n)
+            result = evaluate(torch.from_numpy(gen.sample(args.n)), labels=labels,
+                              inception=args.inception)
+            g, floor = result["generated"] | {"minutes": minutes}, result["real"]
+            for column in columns:
+                summary.setdefault(name, {}).setdefault(column, []).append(g[column])
+            print(f"| {name} | {seed} | " + " | ".join(f"{g[c]:.4g}" for c in columns)
+                  + f" | {g['worst_digit']:.0f} ({g['worst_digit_fid']:.3f}) |", flush=True)
+    print("\nmean ± standard deviation [min, max] over seeds:\n")
+    print("| variant | overrides | " + " | ".join(columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for name, values in summary.items():
+        print(f"| {name} | {' '.join(VARIANTS[name]) or '-'} | "
+              + " | ".join(spread(values[c]) for c in columns) + " |")
     if floor is not None:
-        print(f"| real floor (held-out training digits) | | | {floor['fid']:.3f} | {floor['kid']:.4f} | "
-              f"{floor['precision']:.3f} | {floor['recall']:.3f} | "
-              f"{100 * floor['conditional_accuracy']:.1f}% | | ")
-    print(f"\n{args.epochs:g} epochs at batch 64 each; {args.n} samples; torch {torch.__version__}")
+        print("| real floor (held-out training digits) | | | "
+              + " | ".join(f"{floor[c]:.3f}" for c in columns[1:]) + " |")
+    print(f"\n{args.epochs:g} epochs each, seeds 0..{args.seeds - 1}, {args.n} samples, "
+          f"extra overrides {args.set or 'none'}; torch {torch.__version__}")
 
 
 if __name__ == "__main__":

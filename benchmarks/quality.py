@@ -1,57 +1,119 @@
-"""Sample quality of every preset after the same wall-time budget, with the real-data floor.
+"""Sample quality against wall-clock minutes, for `best` and every seed preset, on one plot.
 
-For each preset: `mnistgan train --preset P --minutes M`, then the metric registry
-(`mnistgan.metrics.evaluate`, the same code as `mnistgan evaluate` and training's periodic
-evaluation) on N samples. Prints one table, the real-data floor as its last row.
+Each preset trains as `mnistgan train --preset P` does (its own length, cut at --minutes when
+that comes first) and keeps a checkpoint about every minutes / points. Every checkpoint's
+generator (the moving average of G where the preset keeps one) is then scored, after training
+so that the clock counts training only: FID in the reference classifier's features on --n
+samples and Inception-FID on --inception-n samples, both against the test images of the
+preset's digits (seed-000 trains and is scored on the digit 5 alone). The minutes are the
+run's own wall clock at the checkpoint (sample grids and checkpoint writes included, process
+start-up not). The real-data floors (held-out training images) are the dashed lines.
 
-    python benchmarks/quality.py --minutes 5 --n 10000
+    python benchmarks/quality.py --minutes 13 --points 6 --n 10000 --inception-n 2000 \\
+        --png benchmarks/quality.png
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import tempfile
 from pathlib import Path
 
-import torch
+import matplotlib
 
-from mnistgan import load_config, load_generator, train
-from mnistgan.metrics import evaluate
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
-PRESETS = ["seed-000", "seed-001", "seed-002", "seed-004"]
+from mnistgan import load_config, load_generator, train  # noqa: E402
+from mnistgan.checkpoint import checkpoint_step, list_checkpoints, read_checkpoint  # noqa: E402
+from mnistgan.metrics import evaluate  # noqa: E402
+
+PRESETS = ["best", "seed-000", "seed-001", "seed-002", "seed-004"]
+PROBE_MINUTES = 0.25  # a short run first, to space the checkpoints of each preset in time
+
+
+def measure_preset(preset: str, minutes: float, points: int, n: int, inception_n: int,
+                   out: Path, overrides: list[str]) -> dict:
+    """Train one preset for the budget and score its checkpoints: the curve's points."""
+    probe = train(load_config(preset, [*overrides, f"train.max_minutes={PROBE_MINUTES}"]),
+                  out=out / f"{preset}-probe", progress=False)
+    rate = probe.steps / (60 * PROBE_MINUTES)
+    every = max(1, math.ceil(rate * 60 * minutes / points))
+    config = load_config(preset, [*overrides, f"train.max_minutes={minutes}",
+                                  f"train.checkpoint_every={every}", "train.keep_checkpoints=1000"])
+    run = train(config, out=out / preset, progress=False).run_dir
+    curve = []
+    for folder in list_checkpoints(run / "checkpoints"):
+        wall = read_checkpoint(folder)["loop"]["wall_s"]
+        gen = load_generator(folder)
+        images = torch.from_numpy(gen.sample(max(n, inception_n)))
+        labels = gen.labels(len(images))
+        scores = evaluate(images[:n], config.data.digits,
+                          labels=None if labels is None else labels[:n])
+        point = {"step": checkpoint_step(folder), "minutes": wall / 60,
+                 "fid": scores["generated"]["fid"], "fid_floor": scores["real"]["fid"]}
+        if inception_n:
+            from mnistgan.metrics.inception import inception_fid
+
+            point["inception_fid"], point["inception_floor"] = inception_fid(
+                images[:inception_n], config.data.digits, inception_n)
+        print(f"| {preset} | {point['step']} | {point['minutes']:.2f} | {point['fid']:.3f} | "
+              + (f"{point['inception_fid']:.2f} |" if inception_n else "- |"), flush=True)
+        curve.append(point)
+    return {"preset": preset, "digits": config.data.digits, "checkpoint_every": every,
+            "batch_size": config.train.batch_size, "points": curve}
+
+
+def draw(curves: list[dict], png: Path, n: int, inception_n: int) -> None:
+    panels = [("fid", "fid_floor", f"FID, classifier features ({n} samples)")]
+    if inception_n:
+        panels.append(("inception_fid", "inception_floor", f"Inception-FID ({inception_n} samples)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (key, floor_key, title) in zip(axes[0], panels, strict=True):
+        for index, curve in enumerate(curves):
+            color = f"C{index}"
+            label = curve["preset"] + (" (digit 5 only)" if curve["digits"] == [5] else "")
+            xs = [p["minutes"] for p in curve["points"]]
+            ax.plot(xs, [p[key] for p in curve["points"]], "o-", color=color, label=label)
+            if curve["points"]:
+                ax.axhline(curve["points"][-1][floor_key], color=color, linestyle="--", linewidth=0.8)
+        ax.set(xlabel="wall-clock minutes of training (2-core CPU)", ylabel=title, yscale="log",
+               title=title + "; dashed: real floor")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=PRESETS)
-    parser.add_argument("--minutes", type=float, default=5.0)
-    parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--minutes", type=float, default=13.0, help="training budget per preset")
+    parser.add_argument("--points", type=int, default=6, help="checkpoints scored per preset")
+    parser.add_argument("--n", type=int, default=10000, help="samples for the classifier FID")
+    parser.add_argument("--inception-n", type=int, default=0,
+                        help="samples for Inception-FID (0: skip; slow on a CPU, ~13 images/s)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for every preset (e.g. train.threads=2)")
+    parser.add_argument("--png", type=Path, default=Path("quality.png"))
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="quality-")))
     args = parser.parse_args()
-    head = ("| preset | steps | batch | minutes | FID ↓ | KID ↓ | classifier score ↑ | precision | "
-            "recall | class entropy | missing / rare digits | memorised |")
-    rows, floor = [], None
-    for preset in args.presets:
-        config = load_config(preset, [f"train.max_minutes={args.minutes}"])
-        result = train(config, out=args.out / preset, progress=False)
-        images = load_generator(result.run_dir).sample(args.n)
-        scores = evaluate(torch.from_numpy(images), config.data.digits)
-        g = scores["generated"]
-        rows.append(f"| {preset} | {result.steps} | {config.train.batch_size} | {args.minutes:g} | "
-                    f"{g['fid']:.2f} | {g['kid']:.3f} | {g['classifier_score']:.2f} | "
-                    f"{g['precision']:.3f} | {g['recall']:.3f} | {g['class_entropy']:.3f} | "
-                    f"{g['missing_digits']:.0f} / {g['rare_digits']:.0f} | {g['memorised']:.3f} |")
-        if not config.data.digits:
-            floor = scores["real"]
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
-    print("\n".join(rows))
-    if floor is not None:
-        f = floor
-        print(f"| real floor (held-out training digits) | | | | {f['fid']:.2f} | {f['kid']:.3f} | "
-              f"{f['classifier_score']:.2f} | {f['precision']:.3f} | {f['recall']:.3f} | "
-              f"{f['class_entropy']:.3f} | {f['missing_digits']:.0f} / {f['rare_digits']:.0f} | "
-              f"{f['memorised']:.3f} |")
+    print("| preset | step | minutes | FID (classifier) | Inception-FID |")
+    print("|---|---|---|---|---|")
+    curves = [measure_preset(p, args.minutes, args.points, args.n, args.inception_n,
+                             args.out, args.set) for p in args.presets]
+    print("\nreal floors (held-out training images of the preset's digits): "
+          + "; ".join(f"{c['preset']} FID {c['points'][-1]['fid_floor']:.3f}"
+                      + (f", Inception-FID {c['points'][-1]['inception_floor']:.2f}" if args.inception_n
+                         else "") for c in curves if c["points"]))
+    (args.out / "quality.json").write_text(json.dumps(curves, indent=1))
+    draw(curves, args.png, args.n, args.inception_n)
+    print(f"\nwrote {args.png} and {args.out / 'quality.json'}; torch {torch.__version__}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mnistgan import load_config, load_generator, train
+from mnistgan import load_config, load_generator, resume, train
 from mnistgan.models import build_generator
 from mnistgan.run import read_metrics
 
@@ -105,6 +105,24 @@ def test_keras_decay_and_milestones_set_the_learning_rate(tmp_path, mnist_dir):
     assert rows[0]["g_lr"] == pytest.approx(g_lr)
     assert rows[1]["g_lr"] == pytest.approx(g_lr / 1.5)
     assert rows[3]["g_lr"] == pytest.approx(0.1 * g_lr / 2.5)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_learning_rate_schedule_decays_over_the_run_and_follows_a_new_total_on_resume(
+        schedule, tmp_path, mnist_dir):
+    factor = {"linear": lambda p: 1 - p, "cosine": lambda p: (1 + math.cos(math.pi * p)) / 2}[schedule]
+    config = tiny("seed-002", steps=4, extra=[f"train.lr_schedule={schedule}"])
+    rows = read_metrics(train(config, out=tmp_path / "r", progress=False).run_dir / "metrics.jsonl")
+    # Row k holds the learning rates of step k (0-based): progress k / 4.
+    for k, row in enumerate(rows):
+        assert row["g_lr"] == pytest.approx(config.train.g_lr * factor(k / 4))
+        assert row["d_lr"] == pytest.approx(config.train.d_lr * factor(k / 4))
+    # A 2-step run resumed to 4 steps continues on the 4-step schedule.
+    short = tiny("seed-002", steps=2, extra=[f"train.lr_schedule={schedule}",
+                                             "train.checkpoint_every=2"])
+    train(short, out=tmp_path / "s", progress=False)
+    resumed = read_metrics(resume(tmp_path / "s", steps=4, progress=False).run_dir / "metrics.jsonl")
+    assert [r["g_lr"] for r in resumed[2:]] == pytest.approx([r["g_lr"] for r in rows[2:]])
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, mnist_dir):

@@ -64,6 +64,19 @@ def test_evaluate_takes_an_unfinished_run_and_keeps_its_scores_in_it(unfinished_
     assert sorted(p.name for p in unfinished_best.iterdir()) == sorted({*before, "eval.json"})
 
 
+def test_any_checkpoint_folder_is_a_generator_source(unfinished_best, capsys):
+    first = list_checkpoints(unfinished_best / "checkpoints")[0]  # step 2, not the newest
+    gen = load_generator(first)
+    assert gen.step == 2 and "(the moving average of G)" in gen.origin
+    state = read_checkpoint(first)["gan"]
+    for key, value in gen.net.state_dict().items():
+        assert torch.equal(value, state["G_ema"][f"module.{key}"]), key
+    before = sorted(p.name for p in first.iterdir())
+    assert main(["evaluate", str(first), "--n", "100"]) == 0
+    assert f"using checkpoint {first}" in capsys.readouterr().err
+    assert sorted(p.name for p in first.iterdir()) == before  # no eval.json inside a checkpoint
+
+
 def test_report_shows_an_unfinished_run_as_it_stands(unfinished_best, tmp_path, capsys):
     page = tmp_path / "report.html"
     assert main(["report", str(unfinished_best), "--out", str(page)]) == 0

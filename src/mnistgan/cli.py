@@ -106,7 +106,7 @@ def build_parser() -> Parser:
                    help="print the resolved config as JSON and exit")
 
     p = sub.add_parser("sample", help="generate digits from a run folder or weights file")
-    p.add_argument("weights", help="run folder or generator .safetensors file")
+    p.add_argument("weights", help="run folder, one of its checkpoint folders, or generator .safetensors")
     p.add_argument("--n", type=positive_int,
                    help="number of images (default 64; with --grid-by-class, per row, default 10)")
     p.add_argument("--out", type=Path, help="PNG grid to write (default samples.png)")
@@ -150,7 +150,7 @@ def build_parser() -> Parser:
     c.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("export", help="write a run's generator as an ONNX model")
-    p.add_argument("weights", help="run folder or generator .safetensors file")
+    p.add_argument("weights", help="run folder, one of its checkpoint folders, or generator .safetensors")
     p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="the .onnx file to write")
 
     p = sub.add_parser("report", help="one HTML page comparing run folders side by side")
@@ -158,7 +158,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", type=Path, default=Path("report.html"), help="default report.html")
 
     p = sub.add_parser("serve", help="a web page to play with a trained generator")
-    p.add_argument("weights", help="run folder or generator .safetensors file")
+    p.add_argument("weights", help="run folder, one of its checkpoint folders, or generator .safetensors")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8000, help="default 8000; 0 picks a free one")
@@ -277,7 +277,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     digits = None if args.digits is None else sorted(set(check_digits(args.digits.split(","))))
     # A run folder keeps its evaluation (`mnistgan report` shows it); --json adds a copy.
     targets = [writable(args.json, "--json")] if args.json is not None else []
-    if Path(args.source).is_dir():
+    if (Path(args.source) / "config.json").is_file():  # a run folder (not one of its checkpoints)
         try:
             targets.insert(0, writable(Path(args.source) / "eval.json", "the run's eval.json"))
         except UserError:  # a read-only run folder (e.g. someone else's)

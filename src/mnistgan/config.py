@@ -27,6 +27,7 @@ from .errors import UserError
 from .losses import LOSSES
 from .models.common import ACTIVATIONS, INITS
 from .noise import DISTRIBUTIONS
+from .schedules import LR_SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,6 +50,7 @@ NoiseDistribution = Literal[tuple(DISTRIBUTIONS)]  # type: ignore[valid-type]
 Loss = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
 Augmentation = Literal[tuple(TRANSFORMS)]  # type: ignore[valid-type]
 LearningRateScaling = Literal[tuple(LR_SCALING)]  # type: ignore[valid-type]
+LearningRateSchedule = Literal[tuple(LR_SCHEDULES)]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -184,6 +186,9 @@ class TrainConfig:
     decay: float = 0.0
     lr_milestones: list[int] = field(default_factory=list)  # steps where lr *= lr_gamma
     lr_gamma: float = 0.1
+    # Both learning rates times a factor of the run's progress (schedules.LR_SCHEDULES):
+    # "constant", or "linear" / "cosine" decay to zero at the run's last step.
+    lr_schedule: LearningRateSchedule = "constant"
     # "bce": the tutorials' (binary cross-entropy; G non-saturating); "minimax": Goodfellow's
     # saturating G loss; "hinge"; "lsgan" (least squares); "wgan-gp" (critic + gradient penalty).
     loss: Loss = "bce"

@@ -128,10 +128,13 @@ class TrainedGenerator:
 
 
 def load_generator(path: str | Path) -> TrainedGenerator:
-    """Load a generator from a run folder or its weights file (no pickle involved). A run
-    that is unfinished (killed, or still training) is read from its newest whole checkpoint,
-    the moving average of G where it keeps one; `TrainedGenerator.origin` then says so."""
+    """Load a generator from a run folder, one of its checkpoint folders or a weights file (no
+    pickle involved). A run that is unfinished (killed, or still training) is read from its
+    newest whole checkpoint, the moving average of G where it keeps one;
+    `TrainedGenerator.origin` then says so."""
     path = Path(path)
+    if path.is_dir() and (path / "manifest.json").is_file():  # one checkpoint of a run
+        return _from_checkpoint(path, f"using checkpoint {path}")
     if path.is_dir():
         return _from_run(path)
     if not path.exists():
@@ -157,6 +160,18 @@ def _built(tensors: dict[str, torch.Tensor], config: Config, source: str,
     return TrainedGenerator(net, config, source, origin, step)
 
 
+def _from_checkpoint(folder: Path, origin: str) -> TrainedGenerator:
+    """The generator of one checkpoint folder: the moving average of G where it keeps one."""
+    state = read_checkpoint(folder)
+    config = config_from_dict(state["config"])
+    gan = state["gan"]
+    average = "G_ema" in gan
+    tensors = ({k[len("module."):]: v for k, v in gan["G_ema"].items() if k.startswith("module.")}
+               if average else gan["G"])
+    return _built(tensors, config, str(folder),
+                  origin + (" (the moving average of G)" if average else ""), checkpoint_step(folder))
+
+
 def _from_run(run: Path) -> TrainedGenerator:
     file = run / "generator.safetensors"
     failed: UserError | None = None
@@ -166,18 +181,10 @@ def _from_run(run: Path) -> TrainedGenerator:
         newer = newer_checkpoints(run)
         for folder in reversed(newer):
             try:
-                state = read_checkpoint(folder)
-                config = config_from_dict(state["config"])
+                return _from_checkpoint(folder, f"{run} is unfinished: using its checkpoint at "
+                                                f"step {checkpoint_step(folder)}")
             except UserError as exc:
                 failed = exc
-                continue
-            gan, step = state["gan"], checkpoint_step(folder)
-            average = "G_ema" in gan
-            tensors = ({k[len("module."):]: v for k, v in gan["G_ema"].items() if k.startswith("module.")}
-                       if average else gan["G"])
-            origin = (f"{run} is unfinished: using its checkpoint at step {step}"
-                      + (" (the moving average of G)" if average else ""))
-            return _built(tensors, config, str(folder), origin, step)
         if not newer:
             break
     if file.is_file():

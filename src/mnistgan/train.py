@@ -48,6 +48,7 @@ from .losses import build_loss
 from .models import build_discriminator, build_generator
 from .noise import sample_noise
 from .run import RunFolder, SilentFolder, default_run_path
+from .schedules import lr_factor
 
 # Columns of the per-step statistics tensor, summed on the device between log rows so that
 # the loop never waits on the host.
@@ -83,8 +84,9 @@ class GAN:
     """A generator, a discriminator, their optimisers and one loss, with the two updates."""
 
     def __init__(self, config: Config, data: ImageBank, device: torch.device,
-                 world: World | None = None) -> None:
+                 world: World | None = None, total_steps: int = 0) -> None:
         self.config = config
+        self.total_steps = total_steps  # the run's length: train.lr_schedule's 100 %
         self.device = device
         self.world = world = world or World()
         self.data = data.to(device)
@@ -170,6 +172,7 @@ class GAN:
         t = self.config.train
         drops = sum(self.step >= m for m in t.lr_milestones)
         lr = base * self.lr_scale * t.lr_gamma**drops / (1.0 + t.decay * updates)
+        lr *= lr_factor(t.lr_schedule, self.step, self.total_steps)
         for group in opt.param_groups:
             group["lr"] = lr
 
@@ -419,7 +422,7 @@ def train(
             batch = f"batch {t.batch_size}" + (f" x {world.size} processes" if world.distributed else "")
             run.note(f"preset {config.name}: {steps} steps at {batch} on {len(data)} images, device "
                      f"{device}, {torch.get_num_threads()} threads, seed {t.seed}")
-        gan = GAN(config, data, device, world)
+        gan = GAN(config, data, device, world, steps)
         loop = Loop(gan, run, steps, progress)
     return loop.run()
 
@@ -507,7 +510,7 @@ def resume(
         if step >= total:
             raise UserError(f"{folder.path} is already at step {step} of {total}: "
                             f"give a larger total, e.g. --steps {2 * step}")
-        gan = GAN(config, data, device, world)
+        gan = GAN(config, data, device, world, total)
         gan.load_state_dict(state["gan"], str(checkpoints[-1]))
         if run is not None:
             run.rewind(gan.step, config)
