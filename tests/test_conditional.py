@@ -13,6 +13,7 @@ from mnistgan import UserError, load_config, load_generator, train
 from mnistgan.augment import TRANSFORMS, augment
 from mnistgan.cli import main
 from mnistgan.models import build_discriminator, build_generator
+from mnistgan.models.common import ClassBatchNorm
 from mnistgan.train import GAN, class_rows
 
 TINY_BEST = ["train.batch_size=8", "train.steps=3", "train.log_every=1", "train.sample_every=2",
@@ -39,6 +40,27 @@ def test_the_label_changes_both_networks_outputs(arch, conditioning):
         G(z)
     with pytest.raises(ValueError, match="class-conditional"):
         D(x)
+
+
+def test_class_norm_steers_every_batch_norm_of_g_by_the_digit(tmp_path, mnist_dir):
+    config = load_config("best", ["generator.class_norm=true"])
+    torch.manual_seed(0)
+    G = build_generator(config)
+    norms = [m for m in G.modules() if isinstance(m, ClassBatchNorm)]
+    assert len(norms) == 3 and not any(isinstance(m, ClassBatchNorm)
+                                       for m in build_generator(load_config("best")).modules())
+    # Without the one-hot input the label reaches G only through its norms: give them
+    # different scales per digit, and the images of one noise batch differ by digit.
+    G.dense.weight.data[:, config.noise.dim:] = 0
+    for norm in norms:
+        torch.nn.init.normal_(norm.scale.weight, 1.0, 0.5)
+    G.eval()
+    z = torch.randn(4, config.noise.dim)
+    with torch.no_grad():
+        assert not torch.allclose(G(z, torch.full((4,), 3)), G(z, torch.full((4,), 7)))
+    run = train(load_config("best", [*TINY_BEST, "generator.class_norm=true"]), out=tmp_path / "r",
+                progress=False).run_dir
+    assert load_generator(run).sample(5, digit=4).shape == (5, 28, 28)
 
 
 def test_transposed_upsampling_makes_28x28_with_fewer_operations():

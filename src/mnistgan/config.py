@@ -120,6 +120,9 @@ class ConvGeneratorConfig:
     init: Init = "keras"
     init_first: Init | None = None  # a different init for the first dense layer (text 004)
     spectral_norm: bool = False
+    # With data.conditional and batch_norm: each batch norm's scale and shift learned per digit
+    # (conditional batch norm), so that the label steers every layer, not only G's input.
+    class_norm: bool = False
 
 
 @dataclass

@@ -26,15 +26,44 @@ def activation(name: str, slope: float = 0.2) -> nn.Module:
 
 
 def batch_norm(
-    kind: str, features: int, keras_momentum: float, eps: float, batch_stats: bool = False
+    kind: str, features: int, keras_momentum: float, eps: float, batch_stats: bool = False,
+    per_class: bool = False,
 ) -> nn.Module:
     """Batch norm with Keras's momentum convention (weight of the *old* running value).
 
     `batch_stats` is Keras 1's ``mode=2``: always normalise with the current batch's statistics,
-    at sampling time too; PyTorch does that when it keeps no running statistics.
+    at sampling time too; PyTorch does that when it keeps no running statistics. `per_class`:
+    a ClassBatchNorm (scale and shift per class label).
     """
     cls = nn.BatchNorm1d if kind == "1d" else nn.BatchNorm2d
-    return cls(features, eps=eps, momentum=1.0 - keras_momentum, track_running_stats=not batch_stats)
+    norm = cls(features, eps=eps, momentum=1.0 - keras_momentum, track_running_stats=not batch_stats,
+               affine=not per_class)
+    return ClassBatchNorm(norm) if per_class else norm
+
+
+class ClassBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are learned per class (conditional batch norm, de Vries
+    et al. 2017; the generator of Miyato & Koyama's projection GAN): the digit steers every
+    layer of G, not only its input. Called as `layer(x, labels)`."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm  # without scale and shift of its own
+        self.scale = nn.Embedding(CLASSES, norm.num_features)
+        self.shift = nn.Embedding(CLASSES, norm.num_features)
+        nn.init.ones_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        shape = (len(x), -1) + (1,) * (x.dim() - 2)
+        return self.norm(x) * self.scale(labels).view(shape) + self.shift(labels).view(shape)
+
+
+def run_with_labels(layers: nn.Sequential, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """`layers(x)`, with the labels given to the layers that take them (ClassBatchNorm)."""
+    for layer in layers:
+        x = layer(x, labels) if isinstance(layer, ClassBatchNorm) else layer(x)
+    return x
 
 
 class Dropout(nn.Module):

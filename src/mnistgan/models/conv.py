@@ -18,6 +18,7 @@ from .common import (
     dense_discriminator,
     initialise,
     maybe_spectral,
+    run_with_labels,
     with_label,
 )
 
@@ -37,9 +38,14 @@ class ConvGenerator(nn.Module):
         self.start = (c.start_channels, c.start_size, c.start_size)
         features = c.start_channels * c.start_size**2
         self.dense = nn.Linear(noise_dim + CLASSES * conditional, features)
+
+        def norm(kind: str, width: int) -> nn.Module:
+            return batch_norm(kind, width, c.bn_momentum, c.bn_eps, c.bn_batch_stats,
+                              per_class=c.class_norm and conditional)
+
         stem: list[nn.Module] = []
         if c.batch_norm:
-            stem.append(batch_norm("1d", features, c.bn_momentum, c.bn_eps, c.bn_batch_stats))
+            stem.append(norm("1d", features))
         stem.append(activation(c.activation, c.slope))
         self.stem = nn.Sequential(*stem)
         body: list[nn.Module] = [Dropout(c.dropout)] if c.dropout else []
@@ -52,7 +58,7 @@ class ConvGenerator(nn.Module):
             else:
                 body.append(nn.Conv2d(width, ch, k, padding=k // 2))
             if c.batch_norm:
-                body.append(batch_norm("2d", ch, c.bn_momentum, c.bn_eps, c.bn_batch_stats))
+                body.append(norm("2d", ch))
             body.append(activation(c.activation, c.slope))
             if c.dropout:
                 body.append(Dropout(c.dropout))
@@ -65,8 +71,9 @@ class ConvGenerator(nn.Module):
             initialise(self.dense, c.init_first)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.stem(self.dense(with_label(z, labels, self.conditional))).view(-1, *self.start)
-        return self.body(x)
+        x = self.dense(with_label(z, labels, self.conditional))
+        x = run_with_labels(self.stem, x, labels).view(-1, *self.start)
+        return run_with_labels(self.body, x, labels)
 
 
 def conv_discriminator(c: ConvDiscriminatorConfig, conditioning: str = "none") -> Discriminator:
