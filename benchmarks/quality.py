@@ -32,15 +32,16 @@ from mnistgan.checkpoint import checkpoint_step, list_checkpoints, read_checkpoi
 from mnistgan.metrics import evaluate  # noqa: E402
 
 PRESETS = ["best", "seed-000", "seed-001", "seed-002", "seed-004"]
-PROBE_MINUTES = 0.25  # a short run first, to space the checkpoints of each preset in time
+PROBE_MINUTES = 0.25  # at most: a short run first, to space each preset's checkpoints in time
 
 
 def measure_preset(preset: str, minutes: float, points: int, n: int, inception_n: int,
                    out: Path, overrides: list[str]) -> dict:
     """Train one preset for the budget and score its checkpoints: the curve's points."""
-    probe = train(load_config(preset, [*overrides, f"train.max_minutes={PROBE_MINUTES}"]),
+    probe_minutes = min(PROBE_MINUTES, minutes / 4)
+    probe = train(load_config(preset, [*overrides, f"train.max_minutes={probe_minutes}"]),
                   out=out / f"{preset}-probe", progress=False)
-    rate = probe.steps / (60 * PROBE_MINUTES)
+    rate = probe.steps / (60 * probe_minutes)
     every = max(1, math.ceil(rate * 60 * minutes / points))
     config = load_config(preset, [*overrides, f"train.max_minutes={minutes}",
                                   f"train.checkpoint_every={every}", "train.keep_checkpoints=1000"])

@@ -1,0 +1,45 @@
+"""The benchmark scripts that produce BENCHMARKS.md's quality tables, on tiny settings: they
+run end to end and print (and draw) what their docstrings promise."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name, *args, timeout=600):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_ablation_reports_every_seed_and_the_spread_over_seeds(tmp_path, mnist_dir):
+    out = run_script("ablation.py", "--epochs", "0.01", "--seeds", "2", "--n", "200", "--out",
+                     str(tmp_path), "--variants", "best, as shipped", "two D steps per G step")
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    per_seed = [r for r in rows if r.split("|")[2].strip() in ("0", "1")]
+    assert len(per_seed) == 4  # two variants x two seeds
+    summary = [r for r in rows if "±" in r]
+    assert len(summary) == 2 and "train.d_steps=2" in summary[1]
+    assert rows[-1].startswith("| real floor")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v0-s0", "v0-s1", "v1-s0", "v1-s1"]
+
+
+def test_quality_draws_scores_against_minutes_from_each_runs_checkpoints(tmp_path, mnist_dir):
+    png = tmp_path / "quality.png"
+    out = run_script("quality.py", "--presets", "seed-002", "--minutes", "0.1", "--points", "3",
+                     "--n", "200", "--set", "train.threads=1", "--png", str(png), "--out",
+                     str(tmp_path / "runs"))
+    curves = json.loads((tmp_path / "runs" / "quality.json").read_text())
+    points = curves[0]["points"]
+    assert curves[0]["preset"] == "seed-002" and len(points) >= 2
+    assert [p["step"] for p in points] == sorted(p["step"] for p in points)
+    assert all(0 < p["minutes"] <= 0.1 + 0.05 and p["fid"] > p["fid_floor"] > 0 for p in points)
+    assert sum(line.startswith("| seed-002 |") for line in out.splitlines()) == len(points)
+    with Image.open(png) as image:
+        assert image.size[0] > 300
