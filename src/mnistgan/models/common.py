@@ -166,8 +166,6 @@ def initialise(module: nn.Module, scheme: str) -> None:
                 layer.bias.zero_()
 
 
-
-
 def with_label(z: torch.Tensor, labels: torch.Tensor | None, conditional: bool) -> torch.Tensor:
     """A conditional generator's input: the noise with the label's one-hot code appended
     (Mirza & Osindero 2014); an unconditional one's: the noise."""
