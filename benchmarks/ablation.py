@@ -37,6 +37,7 @@ VARIANTS: dict[str, list[str]] = {
     "nearest upsampling + conv, not transposed convs": ["generator.upsample_mode=nearest"],
     "both learning rates doubled (D 4e-4, G 8e-4)": ["train.d_lr=4e-4", "train.g_lr=8e-4"],
     "two D steps per G step": ["train.d_steps=2"],
+    "three D steps per G step": ["train.d_steps=3"],
     "conditional batch norm in G": ["generator.class_norm=true"],
     "cosine learning-rate decay": ["train.lr_schedule=cosine"],
     "linear learning-rate decay": ["train.lr_schedule=linear"],
