@@ -47,6 +47,8 @@ VARIANTS: dict[str, list[str]] = {
     "batch 32": ["train.batch_size=32"],
     "batch 128": ["train.batch_size=128"],
     "bfloat16 in D": ["train.precision=bf16-d"],
+    "minibatch std in D (groups of 4)": ["discriminator.minibatch_std=4"],
+    "4x4 transposed convs in G (no checkerboard)": ["generator.kernels=4,4"],
 }
 
 

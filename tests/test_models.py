@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistgan.config import load_config
+from mnistgan.errors import UserError
 from mnistgan.losses import BinaryCrossEntropy
 from mnistgan.models import build_discriminator, build_generator
 from mnistgan.models.common import Dropout, UpsampleConv2d
@@ -148,3 +149,54 @@ def test_weights_written_before_the_fused_upsampling_still_load(tmp_path):
         assert torch.equal(loaded.net.state_dict()[name], value), name
     g.eval()
     torch.testing.assert_close(loaded.sample(8, seed=3), TrainedGenerator(g, config).sample(8, seed=3))
+
+
+def test_minibatch_std_channel_sees_its_group_only():
+    """D's logit for an image changes when another image of its group of 4 changes, and only
+    then; reals and fakes batched together (reals first) never share a group."""
+    torch.manual_seed(0)
+    config = load_config("best", ["discriminator.minibatch_std=4"])
+    D = build_discriminator(config).eval()
+    images, labels = torch.rand(16, 1, 28, 28) * 2 - 1, torch.arange(16) % 10
+    before = D(images, labels)
+    changed = images.clone()
+    changed[5] = -changed[5]
+    after = D(changed, labels)
+    moved = (after - before).abs() > 1e-6
+    assert moved[4:8].all() and not moved[:4].any() and not moved[8:].any()
+    # Without the channel, changing image 5 moves its own logit alone.
+    plain = build_discriminator(load_config("best")).eval()
+    assert ((plain(changed, labels) - plain(images, labels)).abs() > 1e-6).sum() == 1
+    # A batch that 4 does not divide falls back to groups that divide it (6: pairs).
+    assert D(images[:6], labels[:6]).shape == (6,)
+    # The layout training uses (channels_last) gives the same logits.
+    nhwc = D.to(memory_format=torch.channels_last)
+    assert torch.allclose(nhwc(images.to(memory_format=torch.channels_last), labels), before, atol=1e-5)
+
+
+def test_minibatch_std_feature_is_the_mean_group_standard_deviation():
+    from mnistgan.models.common import MinibatchStd
+
+    x = torch.randn(8, 3, 2, 2)
+    out = MinibatchStd(4)(x)
+    assert out.shape == (8, 4, 2, 2) and torch.equal(out[:, :3], x)
+    for g in range(2):
+        group = x[4 * g:4 * g + 4].reshape(4, -1).double()
+        expected = ((group - group.mean(0)).pow(2).mean(0) + 1e-8).sqrt().mean()
+        assert torch.allclose(out[4 * g:4 * g + 4, 3].double(), expected.expand(4, 2, 2), atol=1e-6)
+
+
+def test_transposed_upsampling_takes_an_even_kernel_without_a_checkerboard():
+    config = load_config("best", ["generator.kernels=4,4"])
+    G = build_generator(config)
+    assert G(torch.randn(3, 64), torch.arange(3)).shape == (3, 1, 28, 28)
+    # Each interior pixel of a 4x4 stride-2 transposed conv sums 2x2 taps: with all-ones
+    # weights a constant input gives a constant output (a 3x3 kernel alternates 1, 2, 4 taps).
+    up = next(m for m in G.body if isinstance(m, nn.ConvTranspose2d))
+    single = nn.ConvTranspose2d(1, 1, 4, stride=2, padding=up.padding, output_padding=up.output_padding,
+                                bias=False)
+    nn.init.ones_(single.weight)
+    out = single(torch.ones(1, 1, 7, 7))[0, 0, 1:-1, 1:-1]
+    assert out.shape == (12, 12) and torch.all(out == 4)
+    with pytest.raises(UserError, match="must be odd"):
+        load_config("best", ["generator.kernels=4,4", "generator.upsample_mode=nearest"])

@@ -160,6 +160,8 @@ class ConvDiscriminatorConfig:
     init: Init = "keras"
     spectral_norm: bool = False
     conditioning: Literal["projection", "input"] = "projection"
+    # Group size of the minibatch standard-deviation channel before flattening (0: none).
+    minibatch_std: int = 0
 
 
 GENERATOR_CONFIGS: dict[str, type] = {"mlp": MLPGeneratorConfig, "conv": ConvGeneratorConfig}
@@ -522,11 +524,16 @@ def check_values(c: Config) -> None:
         size = g.start_size * 2 ** sum(g.upsample)
         need(size == 28, f"the conv generator makes {size}x{size} images, not 28x28: "
              "set generator.start_size and generator.upsample so that they reach 28")
-        need(all(k % 2 == 1 for k in [*g.kernels, g.out_kernel]), "generator kernels must be odd")
+        odd = [k for k, up in zip(g.kernels, g.upsample, strict=True)
+               if not (up and g.upsample_mode == "transpose")] + [g.out_kernel]
+        need(all(k % 2 == 1 for k in odd), "generator kernels must be odd, except those of "
+             "upsampling layers with generator.upsample_mode = 'transpose'")
     for name, m in (("generator", g), ("discriminator", d)):
         need(0 <= m.dropout < 1, f"{name}.dropout must be in [0, 1)")
         need(m.slope >= 0, f"{name}.slope must be 0 or more")
         need(all(h >= 1 for h in getattr(m, "hidden", [1])), f"{name}.hidden sizes must be >= 1")
+    if isinstance(d, ConvDiscriminatorConfig):
+        need(d.minibatch_std >= 0, "discriminator.minibatch_std must be 0 (off) or a group size such as 4")
     need(d.real_index in (0, 1), "discriminator.real_index must be 0 or 1")
     need(c.generator.output in ("tanh", "sigmoid"), "generator.output must be tanh or sigmoid")
     want = "tanh" if c.data.value_range == "tanh" else "sigmoid"

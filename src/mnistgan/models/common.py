@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -90,6 +91,27 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class MinibatchStd(nn.Module):
+    """Append one feature map: the standard deviation of each feature over a group of `group`
+    images, averaged (Karras et al. 2018). D can then tell a batch of look-alike fakes from
+    real variety, which pushes G towards diversity. Groups are consecutive images, so that a
+    batch of reals followed by as many fakes never mixes the two in one group."""
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        group = math.gcd(n, self.group)  # a batch the group size does not divide: smaller groups
+        std = x.float().reshape(n // group, group, -1).var(1, unbiased=False).add(1e-8).sqrt()
+        feature = std.mean(1).to(x.dtype).repeat_interleave(group)
+        return torch.cat([x, feature.view(n, 1, 1, 1).expand(n, 1, h, w)], 1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
 
 
 def _nearest_fold(k: int) -> tuple[torch.Tensor, int]:

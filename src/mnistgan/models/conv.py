@@ -12,6 +12,7 @@ from .common import (
     CLASSES,
     Discriminator,
     Dropout,
+    MinibatchStd,
     UpsampleConv2d,
     activation,
     batch_norm,
@@ -52,7 +53,10 @@ class ConvGenerator(nn.Module):
         width = c.start_channels
         for ch, k, up in zip(c.channels, c.kernels, c.upsample, strict=True):
             if up and c.upsample_mode == "transpose":
-                body.append(nn.ConvTranspose2d(width, ch, k, stride=2, padding=k // 2, output_padding=1))
+                # Sizes double for odd and even k; an even k (4) makes every output pixel the
+                # sum of as many taps as its neighbours' (no checkerboard, Odena et al. 2016).
+                body.append(nn.ConvTranspose2d(width, ch, k, stride=2, padding=(k - 1) // 2,
+                                               output_padding=k % 2))
             elif up:
                 body.append(UpsampleConv2d(width, ch, k))
             else:
@@ -78,7 +82,8 @@ class ConvGenerator(nn.Module):
 
 def conv_discriminator(c: ConvDiscriminatorConfig, conditioning: str = "none") -> Discriminator:
     """image -> [Conv k x k stride s ('same') -> BN? -> act -> Dropout] per channel count
-    -> Flatten -> [Dense -> act -> Dropout] per hidden size -> head."""
+    -> [minibatch standard deviation as one more channel] -> Flatten
+    -> [Dense -> act -> Dropout] per hidden size -> head."""
     layers: list[nn.Module] = []
     width, size = 1 + CLASSES * (conditioning == "input"), 28
     for ch in c.channels:
@@ -92,6 +97,9 @@ def conv_discriminator(c: ConvDiscriminatorConfig, conditioning: str = "none") -
             layers.append(Dropout(c.dropout))
         width = ch
         size = (size + 2 * (c.kernel // 2) - c.kernel) // c.stride + 1
+    if c.minibatch_std:
+        layers.append(MinibatchStd(c.minibatch_std))
+        width += 1
     layers.append(nn.Flatten())
     return dense_discriminator(layers, width * size * size, c.hidden, c.hidden_activation, c,
                                conditioning)
