@@ -7,7 +7,7 @@ from mnistgan.config import load_config
 from mnistgan.errors import UserError
 from mnistgan.losses import BinaryCrossEntropy
 from mnistgan.models import build_discriminator, build_generator
-from mnistgan.models.common import Dropout, UpsampleConv2d
+from mnistgan.models.common import Dropout, MinibatchStd, UpsampleConv2d
 
 
 def n_params(m):
@@ -175,8 +175,6 @@ def test_minibatch_std_channel_sees_its_group_only():
 
 
 def test_minibatch_std_feature_is_the_mean_group_standard_deviation():
-    from mnistgan.models.common import MinibatchStd
-
     x = torch.randn(8, 3, 2, 2)
     out = MinibatchStd(4)(x)
     assert out.shape == (8, 4, 2, 2) and torch.equal(out[:, :3], x)
