@@ -38,6 +38,7 @@ VARIANTS: dict[str, list[str]] = {
     "both learning rates doubled (D 4e-4, G 8e-4)": ["train.d_lr=4e-4", "train.g_lr=8e-4"],
     "two D steps per G step": ["train.d_steps=2"],
     "three D steps per G step": ["train.d_steps=3"],
+    "two D steps per G step, EMA decay 0.998": ["train.d_steps=2", "train.ema=0.998"],
     "conditional batch norm in G": ["generator.class_norm=true"],
     "cosine learning-rate decay": ["train.lr_schedule=cosine"],
     "linear learning-rate decay": ["train.lr_schedule=linear"],

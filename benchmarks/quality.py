@@ -8,6 +8,8 @@ samples and Inception-FID on --inception-n samples, both against the test images
 preset's digits (seed-000 trains and is scored on the digit 5 alone). The minutes are the
 run's own wall clock at the checkpoint (sample grids and checkpoint writes included, process
 start-up not). The real-data floors (held-out training images) are the dashed lines.
+Given the --out of an interrupted run, presets that finished training there are scored again
+from their checkpoints instead of retrained (their minutes are those of the original run).
 
     python benchmarks/quality.py --minutes 13 --points 6 --n 10000 --inception-n 2000 \\
         --png benchmarks/quality.png
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +41,11 @@ PROBE_MINUTES = 0.25  # at most: a short run first, to space each preset's check
 def measure_preset(preset: str, minutes: float, points: int, n: int, inception_n: int,
                    out: Path, overrides: list[str]) -> dict:
     """Train one preset for the budget and score its checkpoints: the curve's points."""
+    if (out / preset / "generator.safetensors").exists():
+        print(f"reusing the finished run {out / preset}", flush=True)
+        return score_checkpoints(preset, out / preset, n, inception_n)
+    for unfinished in (out / preset, out / f"{preset}-probe"):
+        shutil.rmtree(unfinished, ignore_errors=True)
     probe_minutes = min(PROBE_MINUTES, minutes / 4)
     probe = train(load_config(preset, [*overrides, f"train.max_minutes={probe_minutes}"]),
                   out=out / f"{preset}-probe", progress=False)
@@ -46,6 +54,11 @@ def measure_preset(preset: str, minutes: float, points: int, n: int, inception_n
     config = load_config(preset, [*overrides, f"train.max_minutes={minutes}",
                                   f"train.checkpoint_every={every}", "train.keep_checkpoints=1000"])
     run = train(config, out=out / preset, progress=False).run_dir
+    return score_checkpoints(preset, run, n, inception_n)
+
+
+def score_checkpoints(preset: str, run: Path, n: int, inception_n: int) -> dict:
+    config = load_config(str(run / "config.json"))
     curve = []
     for folder in list_checkpoints(run / "checkpoints"):
         wall = read_checkpoint(folder)["loop"]["wall_s"]
@@ -64,7 +77,8 @@ def measure_preset(preset: str, minutes: float, points: int, n: int, inception_n
         print(f"| {preset} | {point['step']} | {point['minutes']:.2f} | {point['fid']:.3f} | "
               + (f"{point['inception_fid']:.2f} |" if inception_n else "- |"), flush=True)
         curve.append(point)
-    return {"preset": preset, "digits": config.data.digits, "checkpoint_every": every,
+    return {"preset": preset, "digits": config.data.digits,
+            "checkpoint_every": config.train.checkpoint_every,
             "batch_size": config.train.batch_size, "points": curve}
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -43,3 +44,13 @@ def test_quality_draws_scores_against_minutes_from_each_runs_checkpoints(tmp_pat
     assert sum(line.startswith("| seed-002 |") for line in out.splitlines()) == len(points)
     with Image.open(png) as image:
         assert image.size[0] > 300
+
+    # Run again on the same --out (as after a crash): the finished run is scored again, not retrained.
+    log = (tmp_path / "runs" / "seed-002" / "log.txt").read_text()
+    again = run_script("quality.py", "--presets", "seed-002", "--minutes", "0.1", "--points", "3",
+                       "--n", "200", "--png", str(png), "--out", str(tmp_path / "runs"))
+    assert "reusing the finished run" in again
+    assert (tmp_path / "runs" / "seed-002" / "log.txt").read_text() == log
+    rescored = json.loads((tmp_path / "runs" / "quality.json").read_text())[0]["points"]
+    assert [(p["step"], p["minutes"]) for p in rescored] == [(p["step"], p["minutes"]) for p in points]
+    assert [p["fid"] for p in rescored] == pytest.approx([p["fid"] for p in points], rel=1e-6)
