@@ -1,13 +1,23 @@
-"""The tutorials' own Keras training loop beside ours: same architecture, batch and data, one run.
+"""The tutorials' own Keras training loops beside ours: same architecture, batch and data, one run.
 
 For each seed preset the Keras side builds the tutorial's models layer for layer from the
 preset's values (a parameter count check against our networks guards that they match) and
-runs the iteration as the texts write it: `generator.predict(noise)` for the fakes,
+runs the iteration as the texts write it: the fakes from the generator,
 `discriminator.train_on_batch` on real and fake (two calls, or one on the mixed batch for
-text 004), then `gan.train_on_batch(noise, ones)` on the stacked model with D frozen. Our
-side times `GAN.train_step()` with the preset as shipped (its own thread count and, for a
-second and third row on the conv presets, `--precision bf16` autocast in both networks and
-`--precision bf16-d` in D only).
+text 004), then `gan.train_on_batch(noise, ones)` on the stacked model with D frozen.
+
+The fakes are made two ways. As written (AS_WRITTEN names the line each rests on), and with
+`predict_on_batch`, the same model call without `predict()`'s per-call data pipeline (Keras 3:
+tens of milliseconds a call, NOTES.md), which is Keras used well. Ratios are quoted against the
+faster of the two. Text 002's author's notebook already calls `predict_on_batch`, so it has
+one Keras loop.
+
+Our side, twice: the bare step (`GAN.train_step()` with the preset as shipped, its own thread
+count; for the conv presets also `--precision bf16` in both networks and `bf16-d` in D only),
+and what users run: `mnistgan train --preset P` from the command line, with the preset's
+logging, sample grids and checkpoints, its rate read off the run's metrics.jsonl from the
+first logged step at or after step 20 to the last (process start-up and the first 20
+iterations left out).
 
 Method: each measurement runs in its own subprocess, so TensorFlow and PyTorch never share a
 process, and the sides take turns (Keras, ours, Keras, ours, ...) with the machine to
@@ -30,6 +40,15 @@ import time
 from typing import Any
 
 PRESETS = ["seed-000", "seed-001", "seed-002", "seed-004"]
+# How each text makes its fakes, and where it says so.
+AS_WRITTEN = {
+    "seed-000": ("predict", "text 000: half_batch_mimics = self._generator.predict(half_batch_noise)"),
+    "seed-001": ("predict", "text 001: gen_imgs = generator.predict(noise)"),
+    "seed-002": ("predict_on_batch", "text 002 is silent; its author's notebook: "
+                 "generator.predict_on_batch(noise)"),
+    "seed-004": ("predict", "text 004: 'Generate images using G and random noise (forward pass "
+                 "only)'; its author's code: generator.predict(noise_gen)"),
+}
 
 
 def timed(step: Any, seconds: float, warmup: int) -> float:
@@ -110,7 +129,7 @@ def keras_models(config: Any) -> tuple[Any, Any, Any]:
     return G, D, gan
 
 
-def keras_rates(preset: str, repeats: int, seconds: float) -> dict:
+def keras_rates(preset: str, repeats: int, seconds: float, fakes: str) -> dict:
     import numpy as np
 
     from mnistgan import load_config
@@ -153,7 +172,7 @@ def keras_rates(preset: str, repeats: int, seconds: float) -> dict:
     def step() -> None:
         real = x[rng.integers(0, len(x), n)]
         z = noise(n)
-        fake = G.predict(z, verbose=0)
+        fake = G.predict(z, verbose=0) if fakes == "predict" else G.predict_on_batch(z)
         # The texts freeze D once, and the Keras of their time fixed that at compile time.
         # Keras 3 reads `trainable` at each call instead, so it is set around each call: D
         # learns in its own step and stays frozen in the stacked model's (checked below).
@@ -206,10 +225,37 @@ def ours_rates(preset: str, repeats: int, seconds: float, precision: str) -> dic
             "threads": torch.get_num_threads()}
 
 
+def cli_rate(preset: str, seconds: float) -> dict:
+    """`mnistgan train --preset P` from the command line for about `seconds`: iterations per
+    second from its metrics.jsonl, first logged step at or after step 20 to the last."""
+    import tempfile
+    from pathlib import Path
+
+    from mnistgan.run import read_metrics
+
+    with tempfile.TemporaryDirectory(prefix="vs-keras-") as tmp:
+        run = Path(tmp) / "run"
+        done = subprocess.run([sys.executable, "-m", "mnistgan", "train", "--preset", preset,
+                               "--out", str(run), "--no-progress",
+                               "--set", f"train.max_minutes={seconds / 60:.4f}"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"vs_keras: mnistgan train --preset {preset} failed:\n{done.stderr[-3000:]}")
+        rows = [r for r in read_metrics(run / "metrics.jsonl") if "d_loss" in r]
+    rows = [r for r in rows if r["step"] >= 20]
+    if len(rows) < 2:
+        raise SystemExit(f"vs_keras: {seconds:g} s of `mnistgan train --preset {preset}` logged "
+                         "fewer than two rows after step 20: raise --cli-seconds")
+    first, last = rows[0], rows[-1]
+    return {"rates": [(last["step"] - first["step"]) / (last["wall_s"] - first["wall_s"])]}
+
+
 # -- driver ---------------------------------------------------------------------------------
 
 
-def run_one(side: str, preset: str, repeats: int, seconds: float) -> dict:
+def run_one(side: str, preset: str, repeats: int, seconds: float, cli_seconds: float) -> dict:
+    if side == "cli":
+        return cli_rate(preset, cli_seconds)
     command = [sys.executable, __file__, "--one", side, "--presets", preset, "--repeats",
                str(repeats), "--seconds", str(seconds)]
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -226,15 +272,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternations of the sides; each round runs --repeats windows")
+    parser.add_argument("--cli-seconds", type=float, default=60.0,
+                        help="length of each `mnistgan train` run: long enough to pass the "
+                             "presets' sample grids and checkpoints")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         side, preset = args.one, args.presets[0]
-        if side == "keras":
-            result = keras_rates(preset, args.repeats, args.seconds)
+        kind, _, variant = side.partition(":")
+        if kind == "keras":
+            result = keras_rates(preset, args.repeats, args.seconds, variant)
         else:
-            result = ours_rates(preset, args.repeats, args.seconds, side.split(":")[1])
+            result = ours_rates(preset, args.repeats, args.seconds, variant)
         print(json.dumps(result))
         return
     try:
@@ -242,37 +292,47 @@ def main() -> None:
     except ImportError:
         print("vs_keras: TensorFlow is not installed: pip install -e '.[bench-keras]'", file=sys.stderr)
         raise SystemExit(2) from None
-    print("| preset | batch | Keras it/s | ours fp32 it/s (threads) | ratio | ours bf16 it/s | ratio | "
-          "ours bf16 in D it/s | ratio | params G / D (both) | Keras: D learns, frozen in stack |")
-    print("|---" * 11 + "|", flush=True)
+    print("| preset | batch | Keras as written it/s | Keras with predict_on_batch it/s | "
+          "ours fp32 it/s (threads) | ours / faster Keras | `mnistgan train` it/s | end to end / bare | "
+          "ours bf16 it/s | ours / faster Keras | ours bf16 in D it/s | ours / faster Keras | "
+          "params G / D (both) | Keras: D learns, frozen in stack |")
+    print("|---" * 14 + "|", flush=True)
     results = {}
     for preset in args.presets:
-        sides = ["keras", "ours:fp32"]
+        as_written = f"keras:{AS_WRITTEN[preset][0]}"
+        sides = list(dict.fromkeys([as_written, "keras:predict_on_batch", "ours:fp32", "cli"]))
         if preset in ("seed-000", "seed-004"):
             sides += ["ours:bf16", "ours:bf16-d"]
         runs: dict[str, list[dict]] = {s: [] for s in sides}
         for _ in range(args.rounds):
             for side in sides:
-                runs[side].append(run_one(side, preset, args.repeats, args.seconds))
+                runs[side].append(run_one(side, preset, args.repeats, args.seconds, args.cli_seconds))
         med = {s: statistics.median(r for one in runs[s] for r in one["rates"]) for s in sides}
-        k, o = runs["keras"][0], runs["ours:fp32"][0]
+        keras = max(med[as_written], med["keras:predict_on_batch"])
+        k, o = runs["keras:predict_on_batch"][0], runs["ours:fp32"][0]
         if (k["params_g"], k["params_d"]) != (o["params_g"], o["params_d"]):
             raise SystemExit(f"vs_keras: {preset}: Keras has {k['params_g']}/{k['params_d']} "
                              f"parameters, ours {o['params_g']}/{o['params_d']}: not the same models")
         from mnistgan import load_config
 
         batch = load_config(preset).train.batch_size
-        bf16 = " | ".join(f"{med[s]:.2f} | {med[s] / med['keras']:.2f}×" if s in med else "- | -"
+        written = (f"{med[as_written]:.2f}" if as_written != "keras:predict_on_batch"
+                   else "(predict_on_batch)")
+        bf16 = " | ".join(f"{med[s]:.2f} | {med[s] / keras:.2f}×" if s in med else "- | -"
                           for s in ("ours:bf16", "ours:bf16-d"))
-        print(f"| {preset} | {batch} | {med['keras']:.2f} | {med['ours:fp32']:.2f} ({o['threads']}) | "
-              f"{med['ours:fp32'] / med['keras']:.2f}× | {bf16} | {o['params_g']:,} / {o['params_d']:,} | "
-              f"{'yes' if k['d_updated'] else 'no'} |", flush=True)
-        results[preset] = {"median_it_s": med, "runs": runs}
+        print(f"| {preset} | {batch} | {written} | {med['keras:predict_on_batch']:.2f} | "
+              f"{med['ours:fp32']:.2f} ({o['threads']}) | {med['ours:fp32'] / keras:.2f}× | "
+              f"{med['cli']:.2f} | {med['cli'] / med['ours:fp32']:.2f} | {bf16} | "
+              f"{o['params_g']:,} / {o['params_d']:,} | {'yes' if k['d_updated'] else 'no'} |", flush=True)
+        results[preset] = {"median_it_s": med, "as_written": AS_WRITTEN[preset], "runs": runs}
     import tensorflow as tf
     import torch
 
-    print(f"\nmedians of {args.rounds} × {args.repeats} windows of {args.seconds:g} s per side, "
-          f"sides alternating; TensorFlow {tf.__version__}, PyTorch {torch.__version__}")
+    print(f"\nmedians of {args.rounds} × {args.repeats} windows of {args.seconds:g} s per side "
+          f"(`mnistgan train`: {args.rounds} runs of {args.cli_seconds:g} s), sides "
+          f"alternating; TensorFlow {tf.__version__}, PyTorch {torch.__version__}")
+    for preset in args.presets:
+        print(f"{preset}: fakes as written: {AS_WRITTEN[preset][1]}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
