@@ -7,9 +7,12 @@ so that the clock counts training only: FID in the reference classifier's featur
 samples and Inception-FID on --inception-n samples, both against the test images of the
 preset's digits (seed-000 trains and is scored on the digit 5 alone). The minutes are the
 run's own wall clock at the checkpoint (sample grids and checkpoint writes included, process
-start-up not). The real-data floors (held-out training images) are the dashed lines.
-Given the --out of an interrupted run, presets that finished training there are scored again
-from their checkpoints instead of retrained (their minutes are those of the original run).
+start-up not). Of the checkpoints, the --points nearest to equal steps of wall time are scored
+(a preset that starts slowly, as seed-004 with its D pre-training, leaves more checkpoints
+than points). The real-data floors (held-out training images) are the dashed lines.
+Given the --out of an interrupted run, presets that finished training there are not
+retrained (their minutes are those of the original run), and points already scored with the
+same --n and --inception-n are read from RUN/quality-scores.json instead of scored again.
 
     python benchmarks/quality.py --minutes 13 --points 6 --n 10000 --inception-n 2000 \\
         --png benchmarks/quality.png
@@ -43,7 +46,7 @@ def measure_preset(preset: str, minutes: float, points: int, n: int, inception_n
     """Train one preset for the budget and score its checkpoints: the curve's points."""
     if (out / preset / "generator.safetensors").exists():
         print(f"reusing the finished run {out / preset}", flush=True)
-        return score_checkpoints(preset, out / preset, n, inception_n)
+        return score_checkpoints(preset, out / preset, points, n, inception_n)
     for unfinished in (out / preset, out / f"{preset}-probe"):
         shutil.rmtree(unfinished, ignore_errors=True)
     probe_minutes = min(PROBE_MINUTES, minutes / 4)
@@ -54,14 +57,42 @@ def measure_preset(preset: str, minutes: float, points: int, n: int, inception_n
     config = load_config(preset, [*overrides, f"train.max_minutes={minutes}",
                                   f"train.checkpoint_every={every}", "train.keep_checkpoints=1000"])
     run = train(config, out=out / preset, progress=False).run_dir
-    return score_checkpoints(preset, run, n, inception_n)
+    return score_checkpoints(preset, run, points, n, inception_n)
 
 
-def score_checkpoints(preset: str, run: Path, n: int, inception_n: int) -> dict:
+def spaced_in_time(folders: list[Path], points: int) -> list[tuple[Path, float]]:
+    """The checkpoints nearest to `points` equal steps of wall time (the last one always),
+    each with its wall-clock seconds."""
+    timed = [(folder, read_checkpoint(folder)["loop"]["wall_s"]) for folder in folders]
+    if not timed:
+        return []
+    end = timed[-1][1]
+    picked: list[Path] = []
+    for k in range(1, points + 1):
+        rest = [fw for fw in timed if fw[0] not in picked]
+        if rest:
+            picked.append(min(rest, key=lambda fw: abs(fw[1] - end * k / points))[0])
+    return [fw for fw in timed if fw[0] in picked]
+
+
+def table_row(preset: str, point: dict, inception_n: int) -> str:
+    return (f"| {preset} | {point['step']} | {point['minutes']:.2f} | {point['fid']:.3f} | "
+            + (f"{point['inception_fid']:.2f} |" if inception_n else "- |"))
+
+
+def score_checkpoints(preset: str, run: Path, points: int, n: int, inception_n: int) -> dict:
     config = load_config(str(run / "config.json"))
+    cache_path = run / "quality-scores.json"
+    key = f"n={n} inception_n={inception_n}"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    scored = cache.setdefault(key, {})
     curve = []
-    for folder in list_checkpoints(run / "checkpoints"):
-        wall = read_checkpoint(folder)["loop"]["wall_s"]
+    for folder, wall in spaced_in_time(list_checkpoints(run / "checkpoints"), points):
+        if str(checkpoint_step(folder)) in scored:
+            point = scored[str(checkpoint_step(folder))]
+            print(table_row(preset, point, inception_n) + " (scored before)", flush=True)
+            curve.append(point)
+            continue
         gen = load_generator(folder)
         images = torch.from_numpy(gen.sample(max(n, inception_n)))
         labels = gen.labels(len(images))
@@ -74,9 +105,10 @@ def score_checkpoints(preset: str, run: Path, n: int, inception_n: int) -> dict:
 
             point["inception_fid"], point["inception_floor"] = inception_fid(
                 images[:inception_n], config.data.digits, inception_n)
-        print(f"| {preset} | {point['step']} | {point['minutes']:.2f} | {point['fid']:.3f} | "
-              + (f"{point['inception_fid']:.2f} |" if inception_n else "- |"), flush=True)
+        print(table_row(preset, point, inception_n), flush=True)
         curve.append(point)
+        scored[str(point["step"])] = point
+        cache_path.write_text(json.dumps(cache, indent=1))
     return {"preset": preset, "digits": config.data.digits,
             "checkpoint_every": config.train.checkpoint_every,
             "batch_size": config.train.batch_size, "points": curve}

@@ -38,18 +38,20 @@ def test_quality_draws_scores_against_minutes_from_each_runs_checkpoints(tmp_pat
                      str(tmp_path / "runs"))
     curves = json.loads((tmp_path / "runs" / "quality.json").read_text())
     points = curves[0]["points"]
-    assert curves[0]["preset"] == "seed-002" and len(points) >= 2
+    assert curves[0]["preset"] == "seed-002" and 2 <= len(points) <= 3
     assert [p["step"] for p in points] == sorted(p["step"] for p in points)
     assert all(0 < p["minutes"] <= 0.1 + 0.05 and p["fid"] > p["fid_floor"] > 0 for p in points)
     assert sum(line.startswith("| seed-002 |") for line in out.splitlines()) == len(points)
     with Image.open(png) as image:
         assert image.size[0] > 300
 
-    # Run again on the same --out (as after a crash): the finished run is scored again, not retrained.
+    # Run again on the same --out (as after a crash): the finished run is not retrained, and
+    # its points come from its score cache.
     log = (tmp_path / "runs" / "seed-002" / "log.txt").read_text()
     again = run_script("quality.py", "--presets", "seed-002", "--minutes", "0.1", "--points", "3",
                        "--n", "200", "--png", str(png), "--out", str(tmp_path / "runs"))
     assert "reusing the finished run" in again
+    assert sum(line.endswith("(scored before)") for line in again.splitlines()) == len(points)
     assert (tmp_path / "runs" / "seed-002" / "log.txt").read_text() == log
     rescored = json.loads((tmp_path / "runs" / "quality.json").read_text())[0]["points"]
     assert [(p["step"], p["minutes"]) for p in rescored] == [(p["step"], p["minutes"]) for p in points]
