@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mnistgan import load_config, load_generator, train  # noqa: E402
+from mnistgan.atomic import atomic_write  # noqa: E402
 from mnistgan.checkpoint import checkpoint_step, list_checkpoints, read_checkpoint  # noqa: E402
 from mnistgan.metrics import evaluate  # noqa: E402
 
@@ -108,7 +109,7 @@ def score_checkpoints(preset: str, run: Path, points: int, n: int, inception_n: 
         print(table_row(preset, point, inception_n), flush=True)
         curve.append(point)
         scored[str(point["step"])] = point
-        cache_path.write_text(json.dumps(cache, indent=1))
+        atomic_write(cache_path, json.dumps(cache, indent=1).encode())  # a kill leaves the old file
     return {"preset": preset, "digits": config.data.digits,
             "checkpoint_every": config.train.checkpoint_every,
             "batch_size": config.train.batch_size, "points": curve}
