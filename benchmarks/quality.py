@@ -89,8 +89,9 @@ def score_checkpoints(preset: str, run: Path, points: int, n: int, inception_n: 
     scored = cache.setdefault(key, {})
     curve = []
     for folder, wall in spaced_in_time(list_checkpoints(run / "checkpoints"), points):
-        if str(checkpoint_step(folder)) in scored:
-            point = scored[str(checkpoint_step(folder))]
+        step = checkpoint_step(folder)
+        if str(step) in scored:
+            point = scored[str(step)]
             print(table_row(preset, point, inception_n) + " (scored before)", flush=True)
             curve.append(point)
             continue
@@ -99,7 +100,7 @@ def score_checkpoints(preset: str, run: Path, points: int, n: int, inception_n: 
         labels = gen.labels(len(images))
         scores = evaluate(images[:n], config.data.digits,
                           labels=None if labels is None else labels[:n])
-        point = {"step": checkpoint_step(folder), "minutes": wall / 60,
+        point = {"step": step, "minutes": wall / 60,
                  "fid": scores["generated"]["fid"], "fid_floor": scores["real"]["fid"]}
         if inception_n:
             from mnistgan.metrics.inception import inception_fid
@@ -108,7 +109,7 @@ def score_checkpoints(preset: str, run: Path, points: int, n: int, inception_n: 
                 images[:inception_n], config.data.digits, inception_n)
         print(table_row(preset, point, inception_n), flush=True)
         curve.append(point)
-        scored[str(point["step"])] = point
+        scored[str(step)] = point
         atomic_write(cache_path, json.dumps(cache, indent=1).encode())  # a kill leaves the old file
     return {"preset": preset, "digits": config.data.digits,
             "checkpoint_every": config.train.checkpoint_every,

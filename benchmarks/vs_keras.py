@@ -241,8 +241,7 @@ def cli_rate(preset: str, seconds: float) -> dict:
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"vs_keras: mnistgan train --preset {preset} failed:\n{done.stderr[-3000:]}")
-        rows = [r for r in read_metrics(run / "metrics.jsonl") if "d_loss" in r]
-    rows = [r for r in rows if r["step"] >= 20]
+        rows = [r for r in read_metrics(run / "metrics.jsonl") if "d_loss" in r and r["step"] >= 20]
     if len(rows) < 2:
         raise SystemExit(f"vs_keras: {seconds:g} s of `mnistgan train --preset {preset}` logged "
                          "fewer than two rows after step 20: raise --cli-seconds")
