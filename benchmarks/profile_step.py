@@ -20,19 +20,25 @@ from torch.profiler import ProfilerActivity, profile
 
 from mnistgan.config import load_config
 from mnistgan.data import ImageBank
+from mnistgan.models.dense import _onednn
 from mnistgan.train import GAN
 
-GEMM_OPS = ("aten::mm", "aten::addmm")
+# PyTorch's own products (MKL), and oneDNN's (train.dense_kernel = "onednn": its operands are
+# the input and the weight as (out, in), the product input @ weight.T).
+GEMM_OPS = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")
 
 
-def alone_ms(a_shape: list[int], b_shape: list[int], reps: int = 200) -> float:
-    """One multiplication of these shapes timed alone: what the hardware gives it when hot."""
+def alone_ms(a_shape: list[int], b_shape: list[int], onednn: bool, reps: int = 200) -> float:
+    """One multiplication of these shapes timed alone, on the same kernel as in the step: what
+    the hardware gives it when hot."""
     a, b = torch.randn(*a_shape), torch.randn(*b_shape)
+    bt = b.t().contiguous()
+    run = (lambda: _onednn(a, bt)) if onednn else (lambda: a @ b)
     for _ in range(10):
-        a @ b
+        run()
     t0 = time.perf_counter()
     for _ in range(reps):
-        a @ b
+        run()
     return (time.perf_counter() - t0) / reps * 1e3
 
 
@@ -78,11 +84,14 @@ def main() -> None:
     total_alone = 0.0
     for key, (ms, calls) in sorted(gemms.items(), key=lambda item: -item[1][0]):
         op, shapes = key.split(" ", 1)
-        a, b = [s for s in ast.literal_eval(shapes) if len(s) == 2][-2:]
+        onednn = op.startswith("mkldnn")
+        matrices = [s for s in ast.literal_eval(shapes) if len(s) == 2]
+        a, b = (matrices[0], matrices[1][::-1]) if onednn else matrices[-2:]
         flop = 2 * a[0] * a[1] * b[1] * calls
-        alone = alone_ms(a, b) * calls
+        alone = alone_ms(a, b, onednn) * calls
         total_alone += alone
-        print(f"| {op[6:]} {a[0]}x{a[1]} @ {b[0]}x{b[1]} | {calls:.0f} | {ms:.3f} | {flop / ms / 1e6:.0f} | "
+        print(f"| {op.split('::')[1]} {a[0]}x{a[1]} @ {b[0]}x{b[1]} | {calls:.0f} | {ms:.3f} | "
+              f"{flop / ms / 1e6:.0f} | "
               f"{flop / alone / 1e6:.0f} |")
     print(f"\nthe same matmuls timed alone: {total_alone:.2f} ms a step")
     print("\n| op | ms a step |\n|---|---|")

@@ -56,3 +56,15 @@ def test_quality_draws_scores_against_minutes_from_each_runs_checkpoints(tmp_pat
     rescored = json.loads((tmp_path / "runs" / "quality.json").read_text())[0]["points"]
     assert [(p["step"], p["minutes"]) for p in rescored] == [(p["step"], p["minutes"]) for p in points]
     assert [p["fid"] for p in rescored] == pytest.approx([p["fid"] for p in points], rel=1e-6)
+
+
+def test_dense_kernel_times_both_kernels_on_every_thread_count(mnist_dir):
+    out = run_script("dense_kernel.py", "--presets", "seed-002", "--threads", "1", "2", "--seconds",
+                     "0.05", "--rounds", "2")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| seed-002")]
+    assert sorted((r[1].strip(), r[2].strip()) for r in rows) == [
+        ("blas", "1"), ("blas", "2"), ("onednn", "1"), ("onednn", "2")]
+    assert all(float(r[3]) > 0 and len(r[4].split(",")) == 2 for r in rows)
+    assert [float(r[5]) for r in rows if r[1].strip() == "blas"] == [1.0, 1.0]
+    products = [line for line in out.splitlines() if " @ " in line and line.startswith("| ")]
+    assert len(products) == 2 * 5 and all(float(p.split("|")[-2]) > 0 for p in products)

@@ -39,7 +39,7 @@ def test_text_000_discriminator_flattens_4096_features():
 def test_text_001_generator_layer_order():
     G = build_generator(load_config("seed-001"))
     kinds = [type(m).__name__ for m in G.net]
-    assert kinds[:3] == ["Linear", "LeakyReLU", "BatchNorm1d"]
+    assert kinds[:3] == ["Dense", "LeakyReLU", "BatchNorm1d"]
     assert G.net[2].momentum == pytest.approx(0.2)  # Keras momentum 0.8
 
 
@@ -198,3 +198,27 @@ def test_transposed_upsampling_takes_an_even_kernel_without_a_checkerboard():
     assert out.shape == (12, 12) and torch.all(out == 4)
     with pytest.raises(UserError, match="must be odd"):
         load_config("best", ["generator.kernels=4,4", "generator.upsample_mode=nearest"])
+
+
+def test_dense_on_onednn_computes_what_linear_computes_gradients_of_gradients_too():
+    from mnistgan.models.dense import Dense
+
+    torch.manual_seed(0)
+    dense, linear = Dense(30, 20), nn.Linear(30, 20)
+    linear.load_state_dict(dense.state_dict())
+    x = torch.randn(16, 30, requires_grad=True)
+    y, expected = dense(x), linear(x)
+    torch.testing.assert_close(y, expected)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, dense.weight, dense.bias), g)
+    want = torch.autograd.grad(expected, (x, linear.weight, linear.bias), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    # R1 and WGAN-GP differentiate a gradient: the backward must itself be differentiable.
+    for net in (dense, linear):
+        (gx,) = torch.autograd.grad(net(x).square().sum(), x, create_graph=True)
+        gx.square().sum().backward()
+    torch.testing.assert_close(dense.weight.grad, linear.weight.grad)
+    # Under bfloat16 autocast both are PyTorch's own bf16 matmul.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dense(x).dtype == torch.bfloat16

@@ -278,3 +278,40 @@ def test_fused_upsampling_trains_as_the_texts_upsample_then_conv(mnist_dir):
     # lr, so the weights are compared through what they make, not one by one.
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=5e-3)  # pixels in [0, 1]
+
+
+def nudged(real_batch, factor):
+    """`GAN.real_batch` with every image scaled by `factor`."""
+    def batch(n):
+        images, labels = real_batch(n)
+        return images * factor, labels
+    return batch
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_dense_layers_on_onednn_train_as_pytorchs_own_matmul(name, mnist_dir):
+    """Issue 20's rule for a speed change: 20 steps with it on and off give the same losses to
+    float rounding. At toy batches some presets are chaotic (Adam turns a rounding-sized change
+    in a near-zero gradient into a whole step of size lr), so "float rounding" is measured: the
+    kernels may differ by no more than ten times what nudging every real batch by one part in
+    1e7 does, or 1e-4."""
+    from mnistgan.data import ImageBank
+    from mnistgan.train import GAN
+
+    losses = {}
+    for kernel, nudge in (("onednn", 0.0), ("blas", 0.0), ("blas", 1e-7)):
+        config = tiny(name, steps=20, extra=["train.pretrain_images=0", f"train.dense_kernel={kernel}"]
+                      + (["discriminator.dropout=0"] if name == "seed-004" else []))
+        data = ImageBank.load("mnist", "train", str(mnist_dir), config.data.digits,
+                              config.data.value_range)
+        gan = GAN(config, data, torch.device("cpu"))
+        if nudge:
+            gan.real_batch = nudged(gan.real_batch, 1 + nudge)
+        losses[kernel, nudge] = torch.stack([gan.train_step()[:2] for _ in range(20)])
+    reference = losses["blas", 0.0]
+
+    def deviation(run):
+        return ((run - reference).abs() / reference.abs()).max().item()
+
+    rounding = deviation(losses["blas", 1e-7])
+    assert deviation(losses["onednn", 0.0]) <= max(10 * rounding, 1e-4), rounding

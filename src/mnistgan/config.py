@@ -26,6 +26,7 @@ from .distributed import LR_SCALING
 from .errors import UserError
 from .losses import LOSSES
 from .models.common import ACTIVATIONS, INITS
+from .models.dense import DENSE_KERNELS
 from .noise import DISTRIBUTIONS
 from .schedules import LR_SCHEDULES
 
@@ -44,6 +45,7 @@ PRECISIONS: dict[str, tuple[str, ...]] = {"fp32": (), "bf16": ("G", "D"), "bf16-
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 Init = Literal[tuple(INITS)]  # type: ignore[valid-type]
 Precision = Literal[tuple(PRECISIONS)]  # type: ignore[valid-type]
+DenseKernel = Literal[DENSE_KERNELS]  # type: ignore[valid-type]
 Dataset = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
 ValueRange = Literal[VALUE_RANGES]  # type: ignore[valid-type]
 NoiseDistribution = Literal[tuple(DISTRIBUTIONS)]  # type: ignore[valid-type]
@@ -240,6 +242,10 @@ class TrainConfig:
     # Channels-last (NHWC) tensors for the conv layers: oneDNN's fast path for narrow convs
     # (measured in BENCHMARKS.md; it helps the small `best` networks, not text 000's).
     channels_last: bool = False
+    # The kernel of the dense layers' float32 products on the CPU (models.dense.DENSE_KERNELS):
+    # "onednn" (AVX-512 on AMD processors too: 2x MKL's rate on this project's CPU) or "blas"
+    # (PyTorch's default, MKL). Same products; they differ in rounding only.
+    dense_kernel: DenseKernel = "onednn"
     log_every: int = 50
     sample_every: int = 500
     # Sample-quality evaluation (FID etc. against the test set) every N steps; 0: off. The

@@ -8,6 +8,7 @@ from torch import nn
 
 from .common import Discriminator
 from .conv import ConvGenerator, conv_discriminator
+from .dense import use_dense_kernel
 from .mlp import MLPGenerator, mlp_discriminator
 
 if TYPE_CHECKING:
@@ -21,9 +22,11 @@ DISCRIMINATORS = {"mlp": mlp_discriminator, "conv": conv_discriminator}
 
 
 def build_generator(config: Config) -> nn.Module:
-    return GENERATORS[config.generator.arch](config.noise.dim, config.generator, config.data.conditional)
+    net = GENERATORS[config.generator.arch](config.noise.dim, config.generator, config.data.conditional)
+    return use_dense_kernel(net, config.train.dense_kernel)
 
 
 def build_discriminator(config: Config) -> Discriminator:
     d = config.discriminator
-    return DISCRIMINATORS[d.arch](d, d.conditioning if config.data.conditional else "none")
+    net = DISCRIMINATORS[d.arch](d, d.conditioning if config.data.conditional else "none")
+    return use_dense_kernel(net, config.train.dense_kernel)

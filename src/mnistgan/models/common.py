@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..data import CLASSES
+from .dense import Dense
 
 # The registry of activations (config keys `activation`, `output`, `hidden_activation`):
 # name -> layer, given LeakyReLU's slope.
@@ -218,7 +219,7 @@ class Discriminator(nn.Module):
         self.head_kind = head
         self.real_index = real_index
         self.conditioning = conditioning
-        self.out = maybe_spectral(nn.Linear(features, 1 if head == "sigmoid" else 2), spectral)
+        self.out = maybe_spectral(Dense(features, 1 if head == "sigmoid" else 2), spectral)
         if conditioning == "projection":
             self.embed = maybe_spectral(nn.Embedding(CLASSES, features), spectral)
             nn.init.normal_(self.embed.weight if not spectral else
@@ -245,7 +246,7 @@ def dense_discriminator(trunk: list[nn.Module], features: int, hidden: list[int]
     the real-vs-fake head; `c` is the discriminator's config section."""
     layers = list(trunk)
     for h in hidden:
-        layers += [maybe_spectral(nn.Linear(features, h), c.spectral_norm),
+        layers += [maybe_spectral(Dense(features, h), c.spectral_norm),
                    activation(act, c.slope)]
         if c.dropout:
             layers.append(Dropout(c.dropout))

@@ -22,6 +22,7 @@ from .common import (
     run_with_labels,
     with_label,
 )
+from .dense import Dense
 
 if TYPE_CHECKING:
     from ..config import ConvDiscriminatorConfig, ConvGeneratorConfig
@@ -38,7 +39,7 @@ class ConvGenerator(nn.Module):
         self.conditional = conditional
         self.start = (c.start_channels, c.start_size, c.start_size)
         features = c.start_channels * c.start_size**2
-        self.dense = nn.Linear(noise_dim + CLASSES * conditional, features)
+        self.dense = Dense(noise_dim + CLASSES * conditional, features)
 
         def norm(kind: str, width: int) -> nn.Module:
             return batch_norm(kind, width, c.bn_momentum, c.bn_eps, c.bn_batch_stats,

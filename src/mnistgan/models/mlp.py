@@ -17,6 +17,7 @@ from .common import (
     initialise,
     with_label,
 )
+from .dense import Dense
 
 if TYPE_CHECKING:
     from ..config import MLPDiscriminatorConfig, MLPGeneratorConfig
@@ -33,7 +34,7 @@ class MLPGenerator(nn.Module):
         layers: list[nn.Module] = []
         width = noise_dim + CLASSES * conditional
         for h in c.hidden:
-            layers.append(nn.Linear(width, h))
+            layers.append(Dense(width, h))
             act = activation(c.activation, c.slope)
             norm = batch_norm("1d", h, c.bn_momentum, c.bn_eps) if c.batch_norm else None
             if norm is not None and not c.bn_after_activation:
@@ -43,7 +44,7 @@ class MLPGenerator(nn.Module):
             if c.dropout:
                 layers.append(Dropout(c.dropout))
             width = h
-        layers += [nn.Linear(width, PIXELS), activation(c.output)]
+        layers += [Dense(width, PIXELS), activation(c.output)]
         self.net = nn.Sequential(*layers)
         initialise(self, c.init)
 
