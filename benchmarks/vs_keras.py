@@ -226,25 +226,39 @@ def ours_rates(preset: str, repeats: int, seconds: float, precision: str) -> dic
 
 
 def cli_rate(preset: str, seconds: float) -> dict:
-    """`mnistgan train --preset P` from the command line for about `seconds`: iterations per
-    second from its metrics.jsonl, first logged step at or after step 20 to the last."""
+    """`mnistgan train --preset P` from the command line, stopped (Ctrl-C, which finishes the step
+    and checkpoints) once its metrics.jsonl spans `seconds` of training from the first logged
+    step at or after step 20: iterations per second over that span. Start-up and text 004's D
+    pre-training come before step 20, so they neither count nor eat into the window."""
+    import signal
     import tempfile
     from pathlib import Path
 
     from mnistgan.run import read_metrics
 
+    def timed_rows(run: Path) -> list[dict]:
+        metrics = run / "metrics.jsonl"
+        rows = read_metrics(metrics) if metrics.is_file() else []
+        return [r for r in rows if "d_loss" in r and r["step"] >= 20]
+
     with tempfile.TemporaryDirectory(prefix="vs-keras-") as tmp:
         run = Path(tmp) / "run"
-        done = subprocess.run([sys.executable, "-m", "mnistgan", "train", "--preset", preset,
-                               "--out", str(run), "--no-progress",
-                               "--set", f"train.max_minutes={seconds / 60:.4f}"],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"vs_keras: mnistgan train --preset {preset} failed:\n{done.stderr[-3000:]}")
-        rows = [r for r in read_metrics(run / "metrics.jsonl") if "d_loss" in r and r["step"] >= 20]
+        train = subprocess.Popen([sys.executable, "-m", "mnistgan", "train", "--preset", preset,
+                                  "--out", str(run), "--no-progress"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while train.poll() is None:
+            time.sleep(1.0)
+            rows = timed_rows(run)
+            if len(rows) >= 2 and rows[-1]["wall_s"] - rows[0]["wall_s"] >= seconds:
+                train.send_signal(signal.SIGINT)
+                break
+        stderr = train.communicate()[1]
+        if train.returncode not in (0, 128 + signal.SIGINT):
+            raise SystemExit(f"vs_keras: mnistgan train --preset {preset} failed:\n{stderr[-3000:]}")
+        rows = timed_rows(run)
     if len(rows) < 2:
-        raise SystemExit(f"vs_keras: {seconds:g} s of `mnistgan train --preset {preset}` logged "
-                         "fewer than two rows after step 20: raise --cli-seconds")
+        raise SystemExit(f"vs_keras: `mnistgan train --preset {preset}` ended with fewer than two logged "
+                         "rows after step 20")
     first, last = rows[0], rows[-1]
     return {"rates": [(last["step"] - first["step"]) / (last["wall_s"] - first["wall_s"])]}
 
@@ -272,8 +286,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternations of the sides; each round runs --repeats windows")
     parser.add_argument("--cli-seconds", type=float, default=60.0,
-                        help="length of each `mnistgan train` run: long enough to pass the "
-                             "presets' sample grids and checkpoints")
+                        help="seconds of training timed in each `mnistgan train` run, from its "
+                             "first logged step at or after 20 (start-up and D pre-training "
+                             "before it): long enough to pass the presets' sample grids and "
+                             "checkpoints")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -328,7 +344,7 @@ def main() -> None:
     import torch
 
     print(f"\nmedians of {args.rounds} × {args.repeats} windows of {args.seconds:g} s per side "
-          f"(`mnistgan train`: {args.rounds} runs of {args.cli_seconds:g} s), sides "
+          f"(`mnistgan train`: {args.rounds} runs, {args.cli_seconds:g} s of training timed in each), sides "
           f"alternating; TensorFlow {tf.__version__}, PyTorch {torch.__version__}")
     for preset in args.presets:
         print(f"{preset}: fakes as written: {AS_WRITTEN[preset][1]}")
