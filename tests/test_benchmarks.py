@@ -68,3 +68,14 @@ def test_dense_kernel_times_both_kernels_on_every_thread_count(mnist_dir):
     assert [float(r[5]) for r in rows if r[1].strip() == "blas"] == [1.0, 1.0]
     products = [line for line in out.splitlines() if " @ " in line and line.startswith("| ")]
     assert len(products) == 2 * 5 and all(float(p.split("|")[-2]) > 0 for p in products)
+
+
+def test_layer_rate_replays_every_layer_call_of_a_step(mnist_dir):
+    out = run_script("layer_rate.py", "seed-002", "--steps", "1", "--reps", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "x" in line
+            and not line.startswith("| layer")]
+    # text 002: G's two dense layers once; D's hidden layer and head on real, fake and in G's step
+    assert sorted((r[0].strip(), int(r[2])) for r in rows) == [
+        ("D.out", 3), ("D.trunk.1", 3), ("G.net.0", 1), ("G.net.2", 1)]
+    assert all(float(r[3]) >= 0 and float(r[4]) > 0 for r in rows)
+    assert "the layers alone, forward and backward:" in out

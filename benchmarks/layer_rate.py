@@ -1,0 +1,120 @@
+"""Which layers a preset's training step spends its arithmetic in, and how fast each runs alone.
+
+One training step is watched with forward hooks on every dense and convolution layer, which
+record each call's input shape. Each call is then replayed alone, forward and backward (input
+and weight gradients), on random data of that shape: its FLOPs (torch.utils.flop_counter) and
+its time, hot in cache, at the preset's thread count. The table lists the layers by time; the
+last line compares the sum of those times with the whole step (an overestimate: a replay computes
+every gradient, where the step's G update needs no weight gradients of the frozen D). A layer
+that takes most of the step while running near the CPU's matmul rate is the step's hardware
+limit.
+
+    MNISTGAN_DATA=../shared/data/mnist python benchmarks/layer_rate.py seed-004
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mnistgan.config import load_config
+from mnistgan.data import ImageBank
+from mnistgan.models.common import UpsampleConv2d
+from mnistgan.models.dense import use_dense_kernel
+from mnistgan.train import GAN
+
+LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, UpsampleConv2d)
+
+
+def replay(layer: nn.Module, shape: tuple[int, ...], reps: int) -> tuple[float, float]:
+    """(FLOPs, seconds) of one forward and backward of `layer` on an input of `shape`."""
+    x = torch.randn(shape, requires_grad=True)
+    kernel = getattr(layer, "kernel", None)
+    if kernel is not None:  # the FLOP counter knows PyTorch's own matmul, not oneDNN's op
+        use_dense_kernel(layer, "blas")
+    with FlopCounterMode(display=False) as counter:
+        y = layer(x)
+        y.backward(torch.randn_like(y))
+    if kernel is not None:
+        use_dense_kernel(layer, kernel)
+    for _ in range(2):
+        layer(x).backward(torch.randn_like(y))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        layer(x).backward(torch.randn_like(y))
+    return counter.get_total_flops(), (time.perf_counter() - t0) / reps
+
+
+def matmul_rate(reps: int = 10) -> float:
+    """GFLOP/s of a 1024^3 float32 matmul on oneDNN: the reference rate."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    linear = torch.ops.mkldnn._linear_pointwise
+    linear(a, b, None, "none", [], "")
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        linear(a, b, None, "none", [], "")
+    return 2 * 1024**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset")
+    parser.add_argument("--steps", type=int, default=5, help="steps timed for the whole-step rate")
+    parser.add_argument("--reps", type=int, default=5, help="replays timed per layer call")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+
+    config = load_config(args.preset, args.overrides)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits, config.data.value_range)
+    gan = GAN(config, data, torch.device("cpu"))
+    for _ in range(2):
+        gan.train_step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        gan.train_step()
+    step_s = (time.perf_counter() - t0) / args.steps
+
+    calls: collections.Counter[tuple[str, tuple[int, ...]]] = collections.Counter()
+    layers: dict[str, nn.Module] = {}
+    hooks = []
+    for net_name, net in (("G", gan.G), ("D", gan.D)):
+        for name, layer in net.named_modules():
+            if isinstance(layer, LAYERS):
+                key = f"{net_name}.{name}"
+                layers[key] = layer
+                hooks.append(layer.register_forward_hook(
+                    lambda mod, inputs, out, key=key: calls.update([(key, tuple(inputs[0].shape))])))
+    gan.train_step()
+    for hook in hooks:
+        hook.remove()
+
+    reference = matmul_rate()
+    rows = []
+    for (key, shape), n in calls.items():
+        flops, seconds = replay(layers[key], shape, args.reps)
+        rows.append((key, shape, n, flops, seconds))
+    rows.sort(key=lambda r: -r[2] * r[4])
+    print(f"{args.preset}, {torch.get_num_threads()} thread(s): {step_s * 1e3:.0f} ms a step; "
+          f"reference: a 1024^3 float32 matmul on oneDNN at {reference:.0f} GFLOP/s\n")
+    print("| layer | input | calls a step | GFLOP a call (fwd + bwd) | ms a call alone | GFLOP/s | "
+          "of the matmul rate | ms a step |")
+    print("|---|---|---|---|---|---|---|---|")
+    total = 0.0
+    for key, shape, n, flops, seconds in rows:
+        total += n * seconds
+        rate = flops / seconds / 1e9
+        print(f"| {key} | {'x'.join(map(str, shape))} | {n} | {flops / 1e9:.3g} | {seconds * 1e3:.3g} | "
+              f"{rate:.0f} | {rate / reference:.0%} | {n * seconds * 1e3:.0f} |")
+    print(f"\nthe layers alone, forward and backward: {total * 1e3:.0f} ms of the step's "
+          f"{step_s * 1e3:.0f} ms ({total / step_s:.0%})")
+
+
+if __name__ == "__main__":
+    main()
