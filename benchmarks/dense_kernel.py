@@ -19,7 +19,7 @@ import torch
 
 from mnistgan.config import load_config
 from mnistgan.data import ImageBank
-from mnistgan.models.dense import _onednn, use_dense_kernel
+from mnistgan.models.dense import onednn_linear, use_dense_kernel
 from mnistgan.train import GAN
 
 # (rows, inner, columns) of products the MLP presets make: a forward, and the two of a backward.
@@ -31,7 +31,7 @@ def product_rate(rows: int, inner: int, cols: int, kernel: str, reps: int = 100)
     """GFLOP/s of one rows x inner @ inner x cols float32 product, hot in cache."""
     a, b = torch.randn(rows, inner), torch.randn(inner, cols)
     bt = b.t().contiguous()  # oneDNN's linear takes the weight as (out, in), as nn.Linear stores it
-    run = (lambda: torch.mm(a, b)) if kernel == "blas" else (lambda: _onednn(a, bt))
+    run = (lambda: torch.mm(a, b)) if kernel == "blas" else (lambda: onednn_linear(a, bt))
     for _ in range(5):
         run()
     t0 = time.perf_counter()

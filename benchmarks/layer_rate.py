@@ -19,6 +19,7 @@ import collections
 import time
 
 import torch
+from dense_kernel import product_rate  # benchmarks/, the script's own folder
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -48,17 +49,6 @@ def replay(layer: nn.Module, shape: tuple[int, ...], reps: int) -> tuple[float, 
     for _ in range(reps):
         layer(x).backward(torch.randn_like(y))
     return counter.get_total_flops(), (time.perf_counter() - t0) / reps
-
-
-def matmul_rate(reps: int = 10) -> float:
-    """GFLOP/s of a 1024^3 float32 matmul on oneDNN: the reference rate."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    linear = torch.ops.mkldnn._linear_pointwise
-    linear(a, b, None, "none", [], "")
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        linear(a, b, None, "none", [], "")
-    return 2 * 1024**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> None:
@@ -95,7 +85,7 @@ def main() -> None:
     for hook in hooks:
         hook.remove()
 
-    reference = matmul_rate()
+    reference = product_rate(1024, 1024, 1024, "onednn", reps=10)  # GFLOP/s
     rows = []
     for (key, shape), n in calls.items():
         flops, seconds = replay(layers[key], shape, args.reps)

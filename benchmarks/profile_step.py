@@ -16,11 +16,11 @@ import collections
 import time
 
 import torch
+from dense_kernel import product_rate  # benchmarks/, the script's own folder
 from torch.profiler import ProfilerActivity, profile
 
 from mnistgan.config import load_config
 from mnistgan.data import ImageBank
-from mnistgan.models.dense import _onednn
 from mnistgan.train import GAN
 
 # PyTorch's own products (MKL), and oneDNN's (train.dense_kernel = "onednn": its operands are
@@ -31,15 +31,9 @@ GEMM_OPS = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")
 def alone_ms(a_shape: list[int], b_shape: list[int], onednn: bool, reps: int = 200) -> float:
     """One multiplication of these shapes timed alone, on the same kernel as in the step: what
     the hardware gives it when hot."""
-    a, b = torch.randn(*a_shape), torch.randn(*b_shape)
-    bt = b.t().contiguous()
-    run = (lambda: _onednn(a, bt)) if onednn else (lambda: a @ b)
-    for _ in range(10):
-        run()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        run()
-    return (time.perf_counter() - t0) / reps * 1e3
+    (rows, inner), (_, cols) = a_shape, b_shape
+    rate = product_rate(rows, inner, cols, "onednn" if onednn else "blas", reps)
+    return 2 * rows * inner * cols / rate / 1e6
 
 
 def main() -> None:

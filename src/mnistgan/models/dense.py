@@ -21,7 +21,7 @@ _LINEAR = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
            if torch.backends.mkldnn.is_available() else None)
 
 
-def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias by oneDNN (it takes transposed views without copying them)."""
     return _LINEAR(x, weight, bias, "none", [], "")
 
@@ -31,13 +31,13 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         # A gradient of a gradient (R1, WGAN-GP) needs differentiable products: PyTorch's own.
-        product = torch.mm if torch.is_grad_enabled() else (lambda a, b: _onednn(a, b.t()))
+        product = torch.mm if torch.is_grad_enabled() else (lambda a, b: onednn_linear(a, b.t()))
         grad_x = product(grad, weight) if ctx.needs_input_grad[0] else None
         grad_w = product(grad.t(), x) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
