@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,22 @@ def mnist_dir() -> Path:
               f"MNISTGAN_DATA is not set and it could not be downloaded into {default_cache_dir()}")
     pytest.fail(f"this test needs MNIST: {reason}; run MNISTGAN_DATA=DIR pytest with DIR holding "
                 "the four IDX .gz files, or run the tests once online", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright (Playwright's own browser download needs the
+    net), for the pages a user opens: the server's and a study's report."""
+    chromium = os.environ.get("MNISTGAN_CHROMIUM") or shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("MNISTGAN_REQUIRE_BROWSER"):
+            pytest.fail("no chromium: install Debian's package (apt-get install chromium)")
+        pytest.skip("no chromium on this machine: apt-get install chromium (CI does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield launched
+        launched.close()

@@ -1,9 +1,7 @@
 """`mnistgan serve`: the API's answers and refusals, and the page driven in a real browser."""
 
 import io
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -179,9 +177,7 @@ def test_load_benchmark_runs_with_no_errors(runs):
 
 
 # ---------------------------------------------------------------------------------------
-# The page, in Debian's chromium driven by Playwright (its own browser download needs the net).
-
-CHROMIUM = os.environ.get("MNISTGAN_CHROMIUM") or shutil.which("chromium")
+# The page, in a real browser (conftest.py's `browser`).
 
 
 @pytest.fixture(scope="module")
@@ -198,22 +194,6 @@ def server(runs):
     said = process.stderr.read().strip().splitlines()  # uvicorn's warnings for each 503, if any
     assert said[-1] == "mnistgan: stopped"
     assert all(line == "WARNING:  Exceeded concurrency limit." for line in said[:-1]), said
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        if os.environ.get("MNISTGAN_REQUIRE_BROWSER"):
-            pytest.fail("no chromium: install Debian's package (apt-get install chromium)")
-        pytest.skip("no chromium on this machine: apt-get install chromium (CI does)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
 
 
 def test_beyond_its_connection_limit_the_server_answers_503_and_keeps_serving(server):

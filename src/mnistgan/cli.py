@@ -163,6 +163,39 @@ def build_parser() -> Parser:
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8000, help="default 8000; 0 picks a free one")
 
+    p = sub.add_parser("sweep", help="a study: settings x seeds, each trial a run folder, with statistics")
+    p.add_argument("study", nargs="?", type=Path,
+                   help="the study file (STUDY.toml; README: \"Running a study\")")
+    p.add_argument("--example", help="a study shipped with mnistgan instead of a file ("
+                                     f"{', '.join(_example_names())})")
+    p.add_argument("--base", help="base preset (name, .toml or a run's config.json)")
+    p.add_argument("--axis", dest="axes", action="append", default=[], metavar="KEY=VALUES",
+                   help="an axis: KEY=V1,V2 (values) or KEY=LOW:HIGH[:log|:int] (a range for "
+                        "--sampler random/tpe); repeatable")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every trial (repeatable)")
+    p.add_argument("--seeds", type=positive_int, help="seeds 0..N-1 per setting")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, help="budget: training steps per trial")
+    length.add_argument("--epochs", type=positive_float, help="budget: epochs per trial")
+    length.add_argument("--minutes", type=positive_float, help="budget: wall minutes per trial")
+    p.add_argument("--metric", help="what trials are judged by (default fid; inception_fid with "
+                                    "the inception extra)")
+    p.add_argument("--samples", type=positive_int, help="images per evaluation (default 10000)")
+    p.add_argument("--sampler", choices=("grid", "random", "tpe"), help="default grid")
+    p.add_argument("--settings", type=positive_int, help="settings to draw (random, tpe)")
+    p.add_argument("--name", help="the study's name in the storage (default: the file's name)")
+    p.add_argument("--out", type=Path, help="study folder (default studies/NAME)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="trials at once on this machine, the cores split between them (default 1)")
+    p.add_argument("--threads", type=positive_int,
+                   help="CPU threads per trial (default: the cores divided by --jobs; give fewer "
+                        "when other sweeps share the machine)")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage shared with other machines, e.g. postgresql://host/db "
+                        "(default: STUDY/study.db, SQLite)")
+    p.add_argument("--data-dir", help="folder with the IDX files")
+
     p = sub.add_parser("presets", help="list the presets, or show one")
     p.add_argument("--show", metavar="NAME", help="print this preset's resolved config")
     return parser
@@ -340,6 +373,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import example_path, read_study, sweep
+
+    if (args.study is None) == (args.example is None) and args.base is None:
+        raise UserError("give a study file, --example NAME, or --base PRESET with --axis options")
+    if args.study is not None and args.example is not None:
+        raise UserError("give a study file or --example, not both")
+    path = example_path(args.example) if args.example else args.study
+    budget = next(({kind: value} for kind in ("steps", "epochs", "minutes")
+                   if (value := getattr(args, kind)) is not None), None)
+    study = read_study(path, args.axes, args.overrides, base=args.base, seeds=args.seeds,
+                       budget=budget, metric=args.metric, samples=args.samples,
+                       sampler=args.sampler, settings=args.settings, name=args.name)
+    sweep(study, out=args.out, jobs=args.jobs, threads=args.threads, storage=args.storage,
+          data_dir=args.data_dir)
+    return 0
+
+
+def _example_names() -> list[str]:
+    from .sweep.spec import example_names
+
+    return example_names()
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.show:
         print(load_config(args.show).to_json())
@@ -365,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets,
                "classifier": cmd_classifier, "evaluate": cmd_evaluate,
-               "export": cmd_export, "report": cmd_report, "serve": cmd_serve}[args.command]
+               "export": cmd_export, "report": cmd_report, "serve": cmd_serve,
+               "sweep": cmd_sweep}[args.command]
     try:
         return handler(args)
     except UserError as exc:

@@ -1,0 +1,99 @@
+"""`mnistgan sweep`: a study of settings x seeds, each trial a normal run folder, on Optuna.
+
+    spec.py      STUDY.toml -> `Study` (checked before anything runs); the example studies
+    runner.py    the storage (SQLite in the study folder, or a database URL shared by several
+                 machines), the queue of trials, workers that claim, train and evaluate them
+    results.py   results.csv, the per-setting statistics and report.html
+
+The study folder:
+
+    STUDY/study.json         the study as run (what its trials share)
+    STUDY/study.db           Optuna's storage (unless --storage names another)
+    STUDY/runs/NNN-...-seedS/  one run folder per trial
+    STUDY/logs/              each trial's command lines and their output
+    STUDY/results.csv        one row per trial
+    STUDY/report.html        the statistics, a plot of every trial, the best trial's samples
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from ..atomic import atomic_write
+from ..errors import Interrupted, UserError
+from .results import trial_rows, write_csv, write_report
+from .runner import Worker, default_storage, open_storage, open_study, optuna_module
+from .spec import Study, example_names, example_path, read_study
+
+__all__ = ["Study", "example_names", "example_path", "read_study", "sweep"]
+
+
+def sweep(study: Study, out: str | Path | None = None, jobs: int = 1, threads: int | None = None,
+          storage: str | None = None, data_dir: str | None = None,
+          say: Callable[[str], None] | None = None) -> Path:
+    """Run (or continue) `study`: `jobs` trials at once on this machine, each on `threads`
+    CPU threads (default: the cores split between them); other processes given the same
+    storage share the work. Writes and returns
+    STUDY/results.csv (and report.html beside it) once no trial is left to start here."""
+    say = say or (lambda text: print(text, flush=True))  # a line per trial, also into a log file
+    optuna = optuna_module()
+    folder = Path(out or Path("studies") / study.name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot make the study folder {folder} ({exc.strerror}): choose a "
+                        "writable --out") from None
+    url = storage or default_storage(folder)
+    optuna_study = open_study(study, open_storage(url))
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    atomic_write(folder / "study.json", json.dumps(
+        {"storage": shown, "description": study.description, **study.identity()}, indent=2).encode())
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    say(f"study {study.name}: {_total(study)} trials in {folder} ({jobs} at a time, "
+        f"{threads} thread{'s' * (threads > 1)} each; storage {shown})")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            Worker(study, optuna_study, folder, threads, data_dir, say, stop).run()
+        except BaseException as exc:  # handed to the main thread
+            failures.append(exc)
+            stop.set()
+
+    workers = [threading.Thread(target=work, name=f"trial-worker-{i}") for i in range(jobs)]
+    interrupted = False
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            while worker.is_alive():
+                worker.join(timeout=0.5)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        for worker in workers:
+            worker.join()
+    rows = trial_rows(study, optuna_study)
+    running = len(optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    write_csv(rows, folder / "results.csv")
+    report = write_report(study, rows, folder, running)
+    if failures:
+        raise failures[0]
+    if interrupted:
+        raise Interrupted(f"sweep stopped with {len(rows)} of {_total(study)} trials done; the same "
+                          "command continues it", 130)
+    say(f"{len(rows)} of {_total(study)} trials done"
+        + (f", {running} running elsewhere" if running else "")
+        + f": {folder / 'results.csv'}, {report}")
+    return folder / "results.csv"
+
+
+def _total(study: Study) -> int:
+    return len(study.seeds) * (len(study.grid()) if study.sampler == "grid" else study.settings)

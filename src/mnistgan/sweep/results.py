@@ -1,0 +1,205 @@
+"""A study's results: one row per trial (STUDY/results.csv) and per setting the mean, the
+spread over seeds and a bootstrap interval (STUDY/report.html, one self-contained page)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_write
+from .spec import Study
+
+# Scores every row carries besides the study's metric (when the evaluation measured them).
+SCORES = ("fid", "kid", "precision", "recall", "conditional_accuracy", "inception_fid", "worst_digit")
+
+
+def trial_rows(study: Study, optuna_study: Any) -> list[dict[str, Any]]:
+    """One row per trial that finished (done, or failed with an error), in trial order; a
+    trial put back in the queue after its worker stopped is not one (its copy is)."""
+    import optuna
+
+    rows = []
+    for trial in optuna_study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        failed = trial.state == optuna.trial.TrialState.FAIL and "error" in attrs
+        if trial.state != optuna.trial.TrialState.COMPLETE and not failed:
+            continue
+        scores = attrs.get("scores", {})
+        row = {"trial": trial.number, "setting": attrs["label"], **trial.params, "seed": attrs["seed"],
+               study.metric: trial.value if not failed else None}
+        row |= {k: scores[k] for k in SCORES if k in scores and k != study.metric}
+        row |= {"steps": attrs.get("steps"), "wall_s": attrs.get("wall_s"),
+                "train_s": attrs.get("train_s"), "run": attrs["run"], "host": attrs.get("host"),
+                "status": "failed: " + attrs["error"] if failed else "done"}
+        row["_floor"] = attrs.get("floor", {}).get(study.metric)
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and not k.startswith("_")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, buffer.getvalue().encode())
+
+
+def bootstrap(samples: Sequence[Sequence[float]], statistic: Callable[..., float],
+              rounds: int = 10000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `statistic(*resampled)`, each sample resampled with replacement
+    on its own (seeded: the same data give the same interval)."""
+    rng = random.Random(0)
+    values = sorted(statistic(*(rng.choices(s, k=len(s)) for s in samples)) for _ in range(rounds))
+    tail = (1 - level) / 2
+    return values[int(tail * rounds)], values[int((1 - tail) * rounds) - 1]
+
+
+@dataclass
+class Summary:
+    setting: str
+    values: list[float]
+    mean: float
+    std: float
+    low: float  # 95 % bootstrap interval of the mean
+    high: float
+    floor: float | None  # the metric on held-out real images (the same for every setting)
+
+
+def summarise(study: Study, rows: list[dict[str, Any]]) -> list[Summary]:
+    """Per setting, best first by the mean of the metric over seeds."""
+    by_setting: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row[study.metric] is not None:
+            by_setting.setdefault(row["setting"], []).append(row)
+    out = []
+    for setting, group in by_setting.items():
+        values = [r[study.metric] for r in group]
+        low, high = bootstrap([values], statistics.fmean) if len(values) > 1 else (values[0], values[0])
+        out.append(Summary(setting, values, statistics.fmean(values),
+                           statistics.stdev(values) if len(values) > 1 else 0.0, low, high,
+                           group[0]["_floor"]))
+    return sorted(out, key=lambda s: s.mean if study.minimize else -s.mean)
+
+
+def verdict(study: Study, summaries: list[Summary]) -> str:
+    """The plain sentence on whether the best setting beats the next one."""
+    if len(summaries) < 2:
+        return ""
+    best, second = summaries[0], summaries[1]
+    if len(best.values) < 2 or len(second.values) < 2:
+        return (f"With one seed per setting there is no spread to judge by: {best.setting} leads "
+                f"{second.setting} on this seed only.")
+    if best.low <= second.high and second.low <= best.high:
+        return (f"The best setting ({best.setting}, {study.metric} {best.mean:.4g}) is not separable "
+                f"from the next ({second.setting}, {second.mean:.4g}) within the seed spread: their "
+                f"95 % intervals [{best.low:.4g}, {best.high:.4g}] and [{second.low:.4g}, "
+                f"{second.high:.4g}] overlap. Call it no difference, or run more seeds.")
+    return (f"The best setting ({best.setting}, {study.metric} {best.mean:.4g}) is separable from the "
+            f"next ({second.setting}, {second.mean:.4g}): their 95 % intervals do not overlap.")
+
+
+def _strip_plot(study: Study, summaries: list[Summary]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(summaries) + 1.6), dpi=100)
+    sideways = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2]))
+                >= (3, 10) else {"vert": False})
+    ax.boxplot([s.values for s in summaries], widths=0.5, showfliers=False, **sideways)
+    rng = random.Random(0)
+    for i, s in enumerate(summaries, start=1):
+        ax.scatter(s.values, [i + rng.uniform(-0.12, 0.12) for _ in s.values], s=18, zorder=3,
+                   color="tab:blue")
+    if summaries and summaries[0].floor is not None:
+        ax.axvline(summaries[0].floor, color="tab:green", linestyle="--", label="real floor")
+        ax.legend(loc="best")
+    ax.set_yticks(range(1, len(summaries) + 1), [s.setting for s in summaries], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{study.metric} ({'lower' if study.minimize else 'higher'} is better); one dot per seed")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def write_report(study: Study, rows: list[dict[str, Any]], folder: Path, running: int = 0) -> Path:
+    """STUDY/report.html: everything embedded, no scripts."""
+    summaries = summarise(study, rows)
+    esc = html.escape
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>study {esc(study.name)}"
+             "</title><style>body{font-family:sans-serif;margin:2em;max-width:70em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;"
+             "text-align:left}td.n{text-align:right}</style></head><body>",
+             f"<h1>Study {esc(study.name)}</h1>"]
+    if study.description:
+        parts.append(f"<p>{esc(study.description)}</p>")
+    kind, amount = study.budget
+    done = sum(r["status"] == "done" for r in rows)
+    parts.append(f"<p id='about'>Base preset <code>{esc(study.base)}</code>, overrides "
+                 f"<code>{esc(' '.join(study.overrides) or '-')}</code>; {amount:g} {kind} per trial, "
+                 f"seeds {', '.join(map(str, study.seeds))}; {study.samples} samples per evaluation; "
+                 f"{study.sampler} sampler. {done} trials done"
+                 + (f", {running} still running" if running else "") + ".</p>")
+    sentence = verdict(study, summaries)
+    if sentence:
+        parts.append(f"<p id='verdict'><strong>{esc(sentence)}</strong></p>")
+    if summaries:
+        parts.append(f"<h2>Per setting ({esc(study.metric)}, best first)</h2><table id='settings'>"
+                     "<tr><th>setting</th><th>seeds</th><th>mean</th><th>std</th>"
+                     "<th>95 % bootstrap interval of the mean</th><th>every seed</th></tr>")
+        for s in summaries:
+            parts.append(f"<tr><td>{esc(s.setting)}</td><td class='n'>{len(s.values)}</td>"
+                         f"<td class='n'>{s.mean:.4g}</td><td class='n'>{s.std:.3g}</td>"
+                         f"<td>[{s.low:.4g}, {s.high:.4g}]</td>"
+                         f"<td>{', '.join(f'{v:.4g}' for v in s.values)}</td></tr>")
+        if summaries[0].floor is not None:
+            parts.append(f"<tr><td>real floor (held-out real images)</td><td></td>"
+                         f"<td class='n'>{summaries[0].floor:.4g}</td><td></td><td></td><td></td></tr>")
+        parts.append("</table>")
+        parts.append(f"<h2>Every trial</h2><img id='strip' alt='{esc(study.metric)} of every trial' "
+                     f"src='{_data_uri(_strip_plot(study, summaries))}'>")
+        best = min((r for r in rows if r["status"] == "done"),
+                   key=lambda r: r[study.metric] if study.minimize else -r[study.metric])
+        grids = sorted((folder / best["run"] / "samples").glob("step_*.png"))
+        parts.append(f"<h2>The best trial: {esc(best['setting'])}, seed {best['seed']}</h2>")
+        if grids:
+            parts.append(f"<img id='best-grid' alt='samples of the best trial' "
+                         f"src='{_data_uri(grids[-1].read_bytes())}'>"
+                         f"<p>{esc(str(best['run']))}, {esc(grids[-1].stem.replace('_', ' '))}</p>")
+        else:
+            parts.append(f"<p>Its run folder {esc(str(best['run']))} is on {esc(str(best['host']))}.</p>")
+    failed = [r for r in rows if r["status"] != "done"]
+    if failed:
+        parts.append("<h2>Failed trials</h2><ul>" + "".join(
+            f"<li>{esc(r['setting'])}, seed {r['seed']}: {esc(r['status'])}</li>" for r in failed) + "</ul>")
+    columns = [c for c in rows[0] if not c.startswith("_")] if rows else []
+    parts.append("<h2>Results</h2><table id='trials'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns)
+                 + "</tr>" + "".join("<tr>" + "".join(f"<td>{esc(_cell(r.get(c)))}</td>" for c in columns)
+                                     + "</tr>" for r in rows) + "</table>")
+    parts.append("</body></html>")
+    return atomic_write(folder / "report.html", "\n".join(parts).encode())
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value) if not isinstance(value, (list, dict)) else json.dumps(value)

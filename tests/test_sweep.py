@@ -1,0 +1,218 @@
+"""`mnistgan sweep`: studies of settings x seeds on Optuna's storage, killed and resumed,
+shared by two processes, and refused in one line when they cannot run."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mnistgan.cli import main
+from mnistgan.errors import UserError
+from mnistgan.sweep import read_study
+from mnistgan.sweep.results import Summary, bootstrap, verdict
+from mnistgan.sweep.spec import Range, parse_axis
+
+pytest.importorskip("optuna")
+
+STUDY = """
+base = "seed-002"
+seeds = 2
+samples = 200
+budget = {{ steps = {steps} }}
+set = ["train.checkpoint_every=50", "train.log_every=50", "train.sample_every=100"]
+
+[axes]
+"train.label_smoothing" = [0.0, 0.1]
+"train.d_lr" = [1e-4, 1e-3]
+"""
+
+
+def study_file(tmp_path: Path, steps: int = 100) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.format(steps=steps))
+    return path
+
+
+def sweep(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mnistgan", "sweep", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def results(folder: Path) -> list[dict[str, str]]:
+    with (folder / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_killed_sweep_resumes_without_rerunning_a_trial_and_its_report_renders(
+        tmp_path, mnist_dir, browser):
+    study, out = study_file(tmp_path, steps=600), tmp_path / "study"
+    process = sweep(study, "--out", out, "--jobs", "2")
+    # kill -9 once a trial is done and another is mid-run with a checkpoint
+    deadline = time.monotonic() + 300
+    while True:
+        done = [r.parent.name for r in out.glob("runs/*/eval.json")]
+        mid_run = [r.name for r in out.glob("runs/*") if list(r.glob("checkpoints/step_*"))
+                   and not (r / "losses.png").exists()]
+        if done and mid_run:
+            break
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 1 <= len(results(out) if (out / "results.csv").exists() else done) < 8
+
+    resumed = sweep(study, "--out", out, "--jobs", "2")
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr
+    assert "put back trial" in stdout
+    rows = results(out)
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"done"}
+    pairs = {(r["train.label_smoothing"], r["train.d_lr"], r["seed"]) for r in rows}
+    assert len(pairs) == 8  # every (setting, seed) once
+    assert all(r["steps"] == "600" and float(r["fid"]) > 0 for r in rows)
+    for name in done:  # finished before the kill: not trained again
+        assert "resumed" not in (out / "runs" / name / "log.txt").read_text()
+    assert any("resumed from step_" in (out / "runs" / name / "log.txt").read_text() for name in mid_run)
+
+    # a finished study run again trains nothing and rewrites the same results
+    again = sweep(study, "--out", out)
+    stdout, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and "trial" not in stdout.split("\n", 1)[1].split("8 of 8")[0]
+    assert results(out) == rows
+
+    page = browser.new_page()
+    page.goto((out / "report.html").resolve().as_uri())
+    assert page.locator("#settings tr").count() == 1 + 4 + 1  # header, four settings, the floor
+    assert page.locator("#trials tr").count() == 1 + 8
+    for image in ("strip", "best-grid"):
+        assert page.evaluate(f"document.getElementById('{image}').naturalWidth") > 100
+    assert "separable" in page.text_content("#verdict")
+    page.close()
+
+
+def test_two_sweeps_sharing_one_storage_split_the_trials_between_them(tmp_path, mnist_dir):
+    study, out = study_file(tmp_path), tmp_path / "shared"
+    first, second = (sweep(study, "--out", out, "--threads", "1") for _ in range(2))
+    said = [p.communicate(timeout=600) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, said
+    ran = [[line for line in stdout.splitlines() if line.startswith("trial ")] for stdout, _ in said]
+    assert ran[0] and ran[1] and len(ran[0]) + len(ran[1]) == 8, ran
+    assert len({line.split(" done: ")[1].rsplit(":", 2)[0] for line in ran[0] + ran[1]}) == 8
+    assert len(results(out)) == 8
+
+
+def test_random_search_draws_from_ranges_and_tpe_queues_every_seed_of_its_draws(tmp_path, mnist_dir):
+    for sampler in ("random", "tpe"):
+        out = tmp_path / sampler
+        code = main(["sweep", "--base", "seed-002", "--axis", "train.d_lr=1e-4:1e-3:log",
+                     "--axis", "train.label_smoothing=0,0.1", "--sampler", sampler, "--settings", "2",
+                     "--seeds", "2", "--steps", "20", "--samples", "200", "--out", str(out),
+                     "--jobs", "2"])
+        assert code == 0
+        rows = results(out)
+        assert len(rows) == 4
+        settings = {(r["train.d_lr"], r["train.label_smoothing"]) for r in rows}
+        assert len(settings) == 2 and all(1e-4 <= float(lr) <= 1e-3 for lr, _ in settings)
+        assert sorted(r["seed"] for r in rows) == ["0", "0", "1", "1"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """Exit status and stderr of `mnistgan sweep ARGS` (argparse's refusals included)."""
+    try:
+        code = main(["sweep", *map(str, args)])
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("change, problem", [
+    ('"train.d_lr" = [1e-4, 1e-3]', None),
+    ('"train.no_such_key" = [1, 2]', "no_such_key"),
+    ('"train.d_lr" = []', "axis train.d_lr is empty"),
+    ('"noise.dist" = ["uniform", "gaussian"]', "gaussian"),
+    ('"train.d_lr" = { low = 1e-4, high = 1e-3 }', "a range, which a grid cannot enumerate"),
+])
+def test_a_bad_axis_is_one_line_before_anything_runs(tmp_path, capsys, change, problem):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'base = "seed-002"\nbudget = {{ steps = 10 }}\n[axes]\n{change}\n')
+    if problem is None:
+        read_study(path)  # the control: the same file with a good axis is accepted
+        return
+    code, err = run_cli(capsys, str(path), "--out", str(tmp_path / "out"))
+    assert code == 2 and problem in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--steps", "0"], "must be at least 1"),
+    (["--storage", "nosuchdb://x/y"], "cannot open the storage nosuchdb://x/y"),
+    (["--storage", "sqlite:////no/such/folder/study.db"], "cannot open the storage"),
+    (["--metric", "beauty"], "metric 'beauty' is unknown"),
+    (["--seeds", "0"], "must be at least 1"),
+    (["--example", "no-such-study"], "unknown example study 'no-such-study'"),
+])
+def test_bad_sweep_options_are_one_line(tmp_path, capsys, args, problem):
+    study = [] if args[0] == "--example" else [study_file(tmp_path), "--out", tmp_path / "out"]
+    code, err = run_cli(capsys, *study, *args)
+    assert code == 2 and problem in err and len(err.splitlines()) == 1, err
+
+
+def test_a_zero_budget_in_the_file_is_refused(tmp_path):
+    path = tmp_path / "zero.toml"
+    path.write_text('base = "seed-002"\nbudget = { epochs = 0 }\n[axes]\n"train.d_lr" = [1e-4]\n')
+    with pytest.raises(UserError, match="trains nothing"):
+        read_study(path)
+
+
+def test_a_study_whose_base_differs_from_the_stored_one_is_refused(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = tmp_path / "a" / "same.toml"
+    first.parent.mkdir()
+    first.write_text('base = "seed-002"\nbudget = { steps = 10 }\n[axes]\n"train.d_lr" = [1e-4]\n')
+    from mnistgan.sweep.runner import open_storage, open_study
+
+    open_study(read_study(first), open_storage(storage))  # made, not run
+    other = tmp_path / "b" / "same.toml"
+    other.parent.mkdir()
+    other.write_text(first.read_text().replace("seed-002", "seed-001"))
+    code, err = run_cli(capsys, str(other), "--storage", storage, "--out", str(tmp_path / "out"))
+    assert code == 2 and "already holds study 'same' with another base" in err, err
+
+
+@given(st.lists(st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+                          st.sampled_from(["uniform", "semicircle", "relu"]),
+                          st.lists(st.integers(1, 512), min_size=1, max_size=3)),
+                min_size=1, max_size=5))
+def test_command_line_axis_values_read_back_as_written(values):
+    import json
+
+    text = ",".join(json.dumps(v) if not isinstance(v, str) else v for v in values)
+    assert parse_axis("generator.channels", text) == values
+
+
+def test_command_line_ranges():
+    assert parse_axis("train.d_lr", "1e-4:1e-3:log") == Range(1e-4, 1e-3, log=True)
+    assert parse_axis("train.batch_size", "16:128:int") == Range(16, 128, integer=True)
+    assert parse_axis("train.d_lr", "1e-4:1e-3") == Range(1e-4, 1e-3)
+
+
+def test_the_verdict_separates_only_beyond_the_seed_spread():
+    study = read_study(None, ["train.d_lr=1e-4,1e-3"], base="seed-002", budget={"steps": 1})
+
+    def summary(name, values):
+        low, high = bootstrap([values], lambda v: sum(v) / len(v))
+        return Summary(name, values, sum(values) / len(values), 0.0, low, high, None)
+
+    close = [summary("a", [10.0, 11.0, 12.0]), summary("b", [10.5, 11.5, 12.5])]
+    apart = [summary("a", [10.0, 10.2, 10.1]), summary("b", [20.0, 20.3, 20.1])]
+    assert "not separable" in verdict(study, close)
+    assert "is separable" in verdict(study, apart)
+    low, high = bootstrap([[1.0, 2.0, 3.0, 4.0]], lambda v: sum(v) / len(v))
+    assert 1.0 <= low < 2.5 < high <= 4.0
