@@ -6,22 +6,28 @@ generator, conditional accuracy; Inception-FID with --inception).
 Rows per seed, then per variant the mean, the standard deviation over seeds and the range;
 a difference from the first variant smaller than the seeds' spread is not a difference.
 
-    python benchmarks/ablation.py --epochs 6 --seeds 3 --n 10000 \
+The variants are a study of `mnistgan sweep` (the variants its [variants] axis): every trial
+is a run folder under OUT/runs, OUT/results.csv and OUT/report.html hold what the tables
+below show, and a killed ablation continues where it stopped when run again with the same
+--out.
+
+    python benchmarks/ablation.py --epochs 6 --seeds 3 --n 10000 --out runs/ablation \
         --variants "best, as shipped" "cosine learning-rate decay"
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from mnistgan import load_config, load_generator, train
-from mnistgan.metrics import evaluate
+from mnistgan.study import Study, sweep
+from mnistgan.study.spec import check
 
 VARIANTS: dict[str, list[str]] = {
     "best, as shipped": [],
@@ -71,42 +77,43 @@ def main() -> None:
                         metavar="NAME")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every variant (e.g. train.lr_schedule=cosine)")
+    parser.add_argument("--jobs", type=int, default=1, help="trials at once, the cores split")
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="ablation-")))
     args = parser.parse_args()
+    study = check(Study(
+        name="ablation", base="best", axes={}, variants={v: VARIANTS[v] for v in args.variants},
+        budget=("epochs", args.epochs), overrides=args.set, seeds=list(range(args.seeds)),
+        metric="inception_fid" if args.inception else "fid", samples=args.n,
+        description="benchmarks/ablation.py: the ingredients of the best preset"))
+    sweep(study, out=args.out, jobs=args.jobs)
+    with (args.out / "results.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "done"]
+
     columns = ["minutes", "fid", "recall", "precision", "conditional_accuracy"]
     columns += ["inception_fid"] if args.inception else []
-    print("| variant | seed | " + " | ".join(columns) + " | worst digit |")
+    print("\n| variant | seed | " + " | ".join(columns) + " | worst digit |")
     print("|---|---|" + "---|" * (len(columns) + 1))
     summary: dict[str, dict[str, list[float]]] = {}
-    floor = None
-    for index, name in enumerate(args.variants):
-        for seed in range(args.seeds):
-            overrides = [f"train.epochs={args.epochs}", "train.steps=0", f"train.seed={seed}",
-                         *args.set, *VARIANTS[name]]
-            start = time.perf_counter()
-            run = train(load_config("best", overrides), out=args.out / f"v{index}-s{seed}",
-                        progress=False).run_dir
-            minutes = (time.perf_counter() - start) / 60
-            gen = load_generator(run)
-            labels = gen.labels(args.n)
-            result = evaluate(torch.from_numpy(gen.sample(args.n)), labels=labels,
-                              inception=args.inception)
-            g, floor = result["generated"] | {"minutes": minutes}, result["real"]
-            for column in columns:
-                summary.setdefault(name, {}).setdefault(column, []).append(g[column])
-            print(f"| {name} | {seed} | " + " | ".join(f"{g[c]:.4g}" for c in columns)
-                  + f" | {g['worst_digit']:.0f} ({g['worst_digit_fid']:.3f}) |", flush=True)
+    for row in rows:
+        row["minutes"] = float(row["train_s"]) / 60  # training only, as the run logged it
+        for column in columns:
+            summary.setdefault(row["variant"], {}).setdefault(column, []).append(float(row[column]))
+        print(f"| {row['variant']} | {row['seed']} | "
+              + " | ".join(f"{float(row[c]):.4g}" for c in columns)
+              + f" | {float(row['worst_digit']):.0f} ({float(row['worst_digit_fid']):.3f}) |")
     print("\nmean ± standard deviation [min, max] over seeds:\n")
     print("| variant | overrides | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     for name, values in summary.items():
         print(f"| {name} | {' '.join(VARIANTS[name]) or '-'} | "
               + " | ".join(spread(values[c]) for c in columns) + " |")
-    if floor is not None:
+    if rows:
+        floor = json.loads((args.out / rows[0]["run"] / "eval.json").read_text())["real"]
         print("| real floor (held-out training digits) | | | "
               + " | ".join(f"{floor[c]:.3f}" for c in columns[1:]) + " |")
     print(f"\n{args.epochs:g} epochs each, seeds 0..{args.seeds - 1}, {args.n} samples, "
-          f"extra overrides {args.set or 'none'}; torch {torch.__version__}")
+          f"extra overrides {args.set or 'none'}; torch {torch.__version__}; "
+          f"every trial in {args.out}/results.csv and report.html")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,19 @@ def test_ablation_reports_every_seed_and_the_spread_over_seeds(tmp_path, mnist_d
     summary = [r for r in rows if "±" in r]
     assert len(summary) == 2 and "train.d_steps=2" in summary[1]
     assert rows[-1].startswith("| real floor")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v0-s0", "v0-s1", "v1-s0", "v1-s1"]
+    # a study of mnistgan sweep: a run folder per trial, its results and report
+    assert len(list((tmp_path / "runs").iterdir())) == 4
+    assert (tmp_path / "results.csv").read_text().count("\n") == 5
+    assert (tmp_path / "report.html").exists()
+
+
+def test_precision_compares_the_mean_fid_of_each_precision_over_seeds(tmp_path, mnist_dir):
+    out = run_script("precision.py", "--preset", "seed-002", "--steps", "20", "--seeds", "0", "1",
+                     "--precisions", "fp32", "bf16", "--n", "200", "--jobs", "2", "--out", str(tmp_path))
+    assert sum(line.startswith("| FID, ") for line in out.splitlines()) == 2
+    ratio = next(line for line in out.splitlines() if line.startswith("mean FID bf16 / fp32"))
+    assert "bootstrap interval" in ratio and ratio.endswith("of 2 seeds")
+    assert len(list((tmp_path / "runs").iterdir())) == 4
 
 
 def test_quality_draws_scores_against_minutes_from_each_runs_checkpoints(tmp_path, mnist_dir):

@@ -14,11 +14,9 @@ from hypothesis import strategies as st
 
 from mnistgan.cli import main
 from mnistgan.errors import UserError
-from mnistgan.sweep import read_study
-from mnistgan.sweep.results import Summary, bootstrap, verdict
-from mnistgan.sweep.spec import Range, parse_axis
-
-pytest.importorskip("optuna")
+from mnistgan.study import read_study
+from mnistgan.study.results import Summary, bootstrap, verdict
+from mnistgan.study.spec import Range, parse_axis
 
 STUDY = """
 base = "seed-002"
@@ -164,6 +162,12 @@ def test_bad_sweep_options_are_one_line(tmp_path, capsys, args, problem):
     assert code == 2 and problem in err and len(err.splitlines()) == 1, err
 
 
+def test_without_optuna_the_sweep_says_which_extra_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
+    code, err = run_cli(capsys, study_file(tmp_path), "--out", tmp_path / "out")
+    assert code == 2 and err == "mnistgan: error: mnistgan sweep needs Optuna: pip install 'mnistgan[sweep]'"
+
+
 def test_a_zero_budget_in_the_file_is_refused(tmp_path):
     path = tmp_path / "zero.toml"
     path.write_text('base = "seed-002"\nbudget = { epochs = 0 }\n[axes]\n"train.d_lr" = [1e-4]\n')
@@ -176,7 +180,7 @@ def test_a_study_whose_base_differs_from_the_stored_one_is_refused(tmp_path, cap
     first = tmp_path / "a" / "same.toml"
     first.parent.mkdir()
     first.write_text('base = "seed-002"\nbudget = { steps = 10 }\n[axes]\n"train.d_lr" = [1e-4]\n')
-    from mnistgan.sweep.runner import open_storage, open_study
+    from mnistgan.study.runner import open_storage, open_study
 
     open_study(read_study(first), open_storage(storage))  # made, not run
     other = tmp_path / "b" / "same.toml"

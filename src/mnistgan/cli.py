@@ -374,7 +374,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import example_path, read_study, sweep
+    from .study import example_path, read_study, sweep
 
     if (args.study is None) == (args.example is None) and args.base is None:
         raise UserError("give a study file, --example NAME, or --base PRESET with --axis options")
@@ -392,7 +392,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _example_names() -> list[str]:
-    from .sweep.spec import example_names
+    from .study.spec import example_names
 
     return example_names()
 

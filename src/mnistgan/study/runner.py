@@ -193,7 +193,8 @@ def _decode(study: Study, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def setting_label(setting: dict[str, Any]) -> str:
-    return ", ".join(f"{value}" if key == VARIANT else f"{key}={json.dumps(value)}"
+    return ", ".join(f"{value}" if key == VARIANT else
+                     f"{key}={value if isinstance(value, str) else json.dumps(value)}"
                      for key, value in setting.items())
 
 
@@ -305,8 +306,8 @@ class Worker:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker put it back first
             params = frozen.system_attrs.get("fixed_params") or frozen.params
-            if set(params) != set(self.study.all_axes()):
-                continue  # died before its setting was drawn: TPE draws another
+            if set(params) != set(self.study.all_axes()) or "run" not in attrs:
+                continue  # died while TPE drew its setting: TPE draws another
             keep = {k: attrs[k] for k in KEPT if k in attrs}
             self.optuna_study.enqueue_trial(params, user_attrs=keep)
             self.say(f"put back trial {frozen.number} ({attrs.get('label')}, seed {attrs.get('seed')}): "

@@ -19,7 +19,8 @@ from ..atomic import atomic_write
 from .spec import Study
 
 # Scores every row carries besides the study's metric (when the evaluation measured them).
-SCORES = ("fid", "kid", "precision", "recall", "conditional_accuracy", "inception_fid", "worst_digit")
+SCORES = ("fid", "kid", "precision", "recall", "conditional_accuracy", "inception_fid", "worst_digit",
+          "worst_digit_fid")
 
 
 def trial_rows(study: Study, optuna_study: Any) -> list[dict[str, Any]]:
