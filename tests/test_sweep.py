@@ -95,6 +95,27 @@ def test_a_killed_sweep_resumes_without_rerunning_a_trial_and_its_report_renders
     page.close()
 
 
+def test_ctrl_c_stops_the_sweep_cleanly_and_the_same_command_continues_it(tmp_path, mnist_dir):
+    study, out = study_file(tmp_path, steps=400), tmp_path / "study"
+    args = [study, "--out", out, "--jobs", "2", "--seeds", "1", "--axis", "train.d_lr=1e-3"]
+    process = sweep(*args)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("runs/*/checkpoints/step_*")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # Ctrl-C: the sweep passes it on to its trainers
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "the same command continues it" in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("mnistgan: sweep stopped with")
+
+    again = sweep(*args)
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr
+    rows = results(out)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
+    assert any("resumed from step_" in (out / r["run"] / "log.txt").read_text() for r in rows)
+
+
 def test_two_sweeps_sharing_one_storage_split_the_trials_between_them(tmp_path, mnist_dir):
     study, out = study_file(tmp_path), tmp_path / "shared"
     first, second = (sweep(study, "--out", out, "--threads", "1") for _ in range(2))
