@@ -2,6 +2,7 @@
 shared by two processes, and refused in one line when they cannot run."""
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from mnistgan.cli import main
 from mnistgan.errors import UserError
 from mnistgan.study import read_study
-from mnistgan.study.results import Summary, bootstrap, verdict
+from mnistgan.study.results import Summary, bootstrap, verdict, welch_interval
 from mnistgan.study.spec import Range, parse_axis
 
 STUDY = """
@@ -64,7 +65,7 @@ def test_a_killed_sweep_resumes_without_rerunning_a_trial_and_its_report_renders
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert 1 <= len(results(out) if (out / "results.csv").exists() else done) < 8
+    assert len(list(out.glob("runs/*/eval.json"))) < 8  # killed mid-way
 
     resumed = sweep(study, "--out", out, "--jobs", "2")
     stdout, stderr = resumed.communicate(timeout=600)
@@ -91,7 +92,8 @@ def test_a_killed_sweep_resumes_without_rerunning_a_trial_and_its_report_renders
     assert page.locator("#trials tr").count() == 1 + 8
     for image in ("strip", "best-grid"):
         assert page.evaluate(f"document.getElementById('{image}').naturalWidth") > 100
-    assert "separable" in page.text_content("#verdict")
+    verdict_text = page.text_content("#verdict")
+    assert "Welch" in verdict_text and ("is not separable" in verdict_text or "is separable" in verdict_text)
     page.close()
 
 
@@ -114,6 +116,25 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_the_same_command_continues_it(tmp_pa
     rows = results(out)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
     assert any("resumed from step_" in (out / r["run"] / "log.txt").read_text() for r in rows)
+
+
+def test_a_failed_trial_is_reported_and_run_again_with_retry_failed(tmp_path, mnist_dir):
+    study, out = study_file(tmp_path, steps=20), tmp_path / "study"
+    args = [study, "--out", out, "--seeds", "1", "--axis", "train.d_lr=1e-3", "--axis",
+            "train.label_smoothing=0"]
+    first = sweep(*args, "--data-dir", tmp_path / "no-data-here")
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert "0 of 1 trials done, 1 failed (--retry-failed runs them again)" in stdout
+    (row,) = results(out)
+    assert row["status"].startswith("failed: train exited with 2") and row["fid"] == ""
+
+    again = sweep(*args, "--retry-failed")
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr
+    assert "1 failed trials queued again" in stdout and "1 of 1 trials done:" in stdout
+    (row,) = results(out)
+    assert row["status"] == "done" and float(row["fid"]) > 0
 
 
 def test_two_sweeps_sharing_one_storage_split_the_trials_between_them(tmp_path, mnist_dir):
@@ -189,6 +210,15 @@ def test_without_optuna_the_sweep_says_which_extra_to_install(tmp_path, capsys, 
     assert code == 2 and err == "mnistgan: error: mnistgan sweep needs Optuna: pip install 'mnistgan[sweep]'"
 
 
+@pytest.mark.parametrize("options, problem", [
+    (["--metric", "conditional_accuracy"], "needs a class-conditional base"),
+    (["--sampler", "random", "--settings", "5"], "more than the 4 combinations"),
+])
+def test_a_metric_or_sampler_that_cannot_work_is_refused_before_training(tmp_path, capsys, options, problem):
+    code, err = run_cli(capsys, study_file(tmp_path), "--out", tmp_path / "out", *options)
+    assert code == 2 and problem in err and len(err.splitlines()) == 1, err
+
+
 def test_a_zero_budget_in_the_file_is_refused(tmp_path):
     path = tmp_path / "zero.toml"
     path.write_text('base = "seed-002"\nbudget = { epochs = 0 }\n[axes]\n"train.d_lr" = [1e-4]\n')
@@ -216,10 +246,8 @@ def test_a_study_whose_base_differs_from_the_stored_one_is_refused(tmp_path, cap
                           st.lists(st.integers(1, 512), min_size=1, max_size=3)),
                 min_size=1, max_size=5))
 def test_command_line_axis_values_read_back_as_written(values):
-    import json
-
     text = ",".join(json.dumps(v) if not isinstance(v, str) else v for v in values)
-    assert parse_axis("generator.channels", text) == values
+    assert json.dumps(parse_axis("generator.channels", text)) == json.dumps(values)  # types too
 
 
 def test_command_line_ranges():
@@ -237,7 +265,15 @@ def test_the_verdict_separates_only_beyond_the_seed_spread():
 
     close = [summary("a", [10.0, 11.0, 12.0]), summary("b", [10.5, 11.5, 12.5])]
     apart = [summary("a", [10.0, 10.2, 10.1]), summary("b", [20.0, 20.3, 20.1])]
-    assert "not separable" in verdict(study, close)
+    assert "is not separable" in verdict(study, close)
     assert "is separable" in verdict(study, apart)
+    # ranges that do not overlap are not enough: three seeds each, 34.0 against 35.2
+    assert "is not separable" in verdict(study, [summary("a", [30.4, 30.5, 34.0]),
+                                                 summary("b", [35.2, 40.3, 44.9])])
+    # Welch's interval by hand: means 20 and 22, variances 0.625 and 6.5, n = 5 each:
+    # standard error sqrt(0.125 + 1.3), df = 4.76 -> 4, t = 2.776
+    half = 2.776 * (0.625 / 5 + 6.5 / 5) ** 0.5
+    assert welch_interval([19, 19.5, 20, 20.5, 21.0], [19.0, 20, 22, 24, 25.0]) == pytest.approx(
+        (2 - half, 2 + half))
     low, high = bootstrap([[1.0, 2.0, 3.0, 4.0]], lambda v: sum(v) / len(v))
     assert 1.0 <= low < 2.5 < high <= 4.0

@@ -194,6 +194,8 @@ def build_parser() -> Parser:
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage shared with other machines, e.g. postgresql://host/db "
                         "(default: STUDY/study.db, SQLite)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run the trials that failed (e.g. out of memory) again")
     p.add_argument("--data-dir", help="folder with the IDX files")
 
     p = sub.add_parser("presets", help="list the presets, or show one")
@@ -387,7 +389,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        budget=budget, metric=args.metric, samples=args.samples,
                        sampler=args.sampler, settings=args.settings, name=args.name)
     sweep(study, out=args.out, jobs=args.jobs, threads=args.threads, storage=args.storage,
-          data_dir=args.data_dir)
+          data_dir=args.data_dir, retry_failed=args.retry_failed)
     return 0
 
 

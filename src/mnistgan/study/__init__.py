@@ -26,19 +26,20 @@ from pathlib import Path
 from ..atomic import atomic_write
 from ..errors import Interrupted, UserError
 from .results import trial_rows, write_csv, write_report
-from .runner import Worker, default_storage, open_storage, open_study, optuna_module
+from .runner import Worker, default_storage, open_storage, open_study, optuna_module, retry, shown_url
 from .spec import Study, example_names, example_path, read_study
 
 __all__ = ["Study", "example_names", "example_path", "read_study", "sweep"]
 
 
 def sweep(study: Study, out: str | Path | None = None, jobs: int = 1, threads: int | None = None,
-          storage: str | None = None, data_dir: str | None = None,
+          storage: str | None = None, data_dir: str | None = None, retry_failed: bool = False,
           say: Callable[[str], None] | None = None) -> Path:
     """Run (or continue) `study`: `jobs` trials at once on this machine, each on `threads`
     CPU threads (default: the cores split between them); other processes given the same
-    storage share the work. Writes and returns
-    STUDY/results.csv (and report.html beside it) once no trial is left to start here."""
+    storage share the work; `retry_failed`: run the trials that failed (with an error) again.
+    Writes and returns STUDY/results.csv (and report.html beside it) once no trial is left to
+    start here."""
     say = say or (lambda text: print(text, flush=True))  # a line per trial, also into a log file
     optuna = optuna_module()
     folder = Path(out or Path("studies") / study.name)
@@ -49,14 +50,14 @@ def sweep(study: Study, out: str | Path | None = None, jobs: int = 1, threads: i
                         "writable --out") from None
     url = storage or default_storage(folder)
     optuna_study = open_study(study, open_storage(url))
-    from sqlalchemy.engine import make_url
-
-    shown = make_url(url).render_as_string(hide_password=True)
+    shown = shown_url(url)
     atomic_write(folder / "study.json", json.dumps(
         {"storage": shown, "description": study.description, **study.identity()}, indent=2).encode())
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     say(f"study {study.name}: {_total(study)} trials in {folder} ({jobs} at a time, "
         f"{threads} thread{'s' * (threads > 1)} each; storage {shown})")
+    if retry_failed:
+        say(f"{retry(study, optuna_study)} failed trials queued again")
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -85,11 +86,16 @@ def sweep(study: Study, out: str | Path | None = None, jobs: int = 1, threads: i
     write_csv(rows, folder / "results.csv")
     report = write_report(study, rows, folder, running)
     if failures:
-        raise failures[0]
+        if isinstance(failures[0], (UserError, Interrupted)):
+            raise failures[0]
+        raise UserError(f"a trial worker stopped ({type(failures[0]).__name__}: {failures[0]}): see "
+                        f"{folder / 'logs'}, then run the same command to continue")
     if interrupted:
         raise Interrupted(f"sweep stopped with {len(rows)} of {_total(study)} trials done; the same "
                           "command continues it", 130)
-    say(f"{len(rows)} of {_total(study)} trials done"
+    failed = sum(r["status"] != "done" for r in rows)
+    say(f"{len(rows) - failed} of {_total(study)} trials done"
+        + (f", {failed} failed (--retry-failed runs them again)" if failed else "")
         + (f", {running} running elsewhere" if running else "")
         + f": {folder / 'results.csv'}, {report}")
     return folder / "results.csv"

@@ -25,13 +25,17 @@ SCORES = ("fid", "kid", "precision", "recall", "conditional_accuracy", "inceptio
 
 def trial_rows(study: Study, optuna_study: Any) -> list[dict[str, Any]]:
     """One row per trial that finished (done, or failed with an error), in trial order; a
-    trial put back in the queue after its worker stopped is not one (its copy is)."""
+    trial put back in the queue after its worker stopped is not one (its copy is), nor a
+    failed one that was run again (--retry-failed)."""
     import optuna
 
+    trials = optuna_study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
     rows = []
-    for trial in optuna_study.get_trials(deepcopy=False):
+    for trial in trials:
         attrs = trial.user_attrs
-        failed = trial.state == optuna.trial.TrialState.FAIL and "error" in attrs
+        failed = (trial.state == optuna.trial.TrialState.FAIL and "error" in attrs
+                  and trial.number not in retried)
         if trial.state != optuna.trial.TrialState.COMPLETE and not failed:
             continue
         scores = attrs.get("scores", {})
@@ -67,6 +71,28 @@ def bootstrap(samples: Sequence[Sequence[float]], statistic: Callable[..., float
     return values[int(tail * rounds)], values[int((1 - tail) * rounds) - 1]
 
 
+# Student's t, 97.5 % quantile, by degrees of freedom (a two-sided 95 % interval).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042]
+
+
+def t975(df: float) -> float:
+    """Rounded down (the wider interval) for Welch's fractional degrees of freedom."""
+    return T975[min(max(int(df), 1), len(T975)) - 1] if df < len(T975) + 1 else 1.960
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """95 % interval of mean(b) - mean(a) without assuming equal spreads (Welch)."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    diff = statistics.fmean(b) - statistics.fmean(a)
+    if va + vb == 0:
+        return diff, diff
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t975(df) * (va + vb) ** 0.5
+    return diff - half, diff + half
+
+
 @dataclass
 class Summary:
     setting: str
@@ -95,20 +121,22 @@ def summarise(study: Study, rows: list[dict[str, Any]]) -> list[Summary]:
 
 
 def verdict(study: Study, summaries: list[Summary]) -> str:
-    """The plain sentence on whether the best setting beats the next one."""
+    """The plain sentence on whether the best setting beats the next one: by a 95 % interval
+    of the difference of their means (Welch), not by eye from the two intervals."""
     if len(summaries) < 2:
         return ""
     best, second = summaries[0], summaries[1]
     if len(best.values) < 2 or len(second.values) < 2:
         return (f"With one seed per setting there is no spread to judge by: {best.setting} leads "
                 f"{second.setting} on this seed only.")
-    if best.low <= second.high and second.low <= best.high:
-        return (f"The best setting ({best.setting}, {study.metric} {best.mean:.4g}) is not separable "
-                f"from the next ({second.setting}, {second.mean:.4g}) within the seed spread: their "
-                f"95 % intervals [{best.low:.4g}, {best.high:.4g}] and [{second.low:.4g}, "
-                f"{second.high:.4g}] overlap. Call it no difference, or run more seeds.")
-    return (f"The best setting ({best.setting}, {study.metric} {best.mean:.4g}) is separable from the "
-            f"next ({second.setting}, {second.mean:.4g}): their 95 % intervals do not overlap.")
+    low, high = welch_interval(best.values, second.values)
+    lead = (f"The best setting ({best.setting}, {study.metric} {best.mean:.4g}) and the next "
+            f"({second.setting}, {second.mean:.4g}) differ by {second.mean - best.mean:+.4g}, 95 % "
+            f"interval [{low:.4g}, {high:.4g}] over seeds (Welch)")
+    if low <= 0 <= high:
+        return (f"{lead}: the best setting is not separable from the next within the seed spread. "
+                "Call it no difference, or run more seeds.")
+    return f"{lead}: the best setting is separable from the next."
 
 
 def _strip_plot(study: Study, summaries: list[Summary]) -> bytes:

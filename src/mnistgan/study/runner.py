@@ -36,7 +36,7 @@ from .spec import VARIANT, Range, Study
 
 # What a trial put back in the queue keeps: its place in the study, its run folder, and
 # whether that run finished training.
-KEPT = ("seed", "setting", "label", "run", "drawn", "trained")
+KEPT = ("seed", "setting", "label", "run", "drawn", "trained", "retry_of")
 STALE_AFTER = 600.0  # seconds without a heartbeat before another machine's trial is retried
 HEARTBEAT = 60.0
 
@@ -57,21 +57,31 @@ def default_storage(folder: Path) -> str:
 def open_storage(url: str) -> Any:
     """Optuna's RDB storage at `url`; a URL that cannot be opened is one line."""
     optuna = optuna_module()
-    sqlite = url.startswith("sqlite:")
+    sqlite = url.startswith("sqlite:///")
     try:
         # Opening a new SQLite file creates its tables: one process at a time.
-        with _file_lock(Path(url.split("///", 1)[1] + ".lock")) if sqlite else contextlib.nullcontext():
+        with _file_lock(Path(url[len("sqlite:///"):] + ".lock")) if sqlite else contextlib.nullcontext():
             storage = optuna.storages.RDBStorage(
                 url, engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else None)
     except UserError:
         raise
     except Exception as exc:  # SQLAlchemy's many kinds: bad URL, missing driver, refused connection
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open the storage {url} ({reason[:200]}): give a database URL "
+        raise UserError(f"cannot open the storage {shown_url(url)} ({reason[:200]}): give a database URL "
                         "such as sqlite:///path/study.db or postgresql://user@host/db") from None
     if sqlite:
         _serialise_sqlite(storage.engine)
     return storage
+
+
+def shown_url(url: str) -> str:
+    """The URL with its password hidden, for messages and study.json."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: nothing in it to hide
+        return url
 
 
 def _serialise_sqlite(engine: Any) -> None:
@@ -105,7 +115,8 @@ def open_study(study: Study, storage: Any) -> Any:
     name with other settings is refused (its trials would not be comparable)."""
     optuna = optuna_module()
     direction = "minimize" if study.minimize else "maximize"
-    sampler = optuna.samplers.TPESampler(seed=0) if study.sampler == "tpe" else None
+    # Unseeded: a second process (or a resumed sweep) must not redraw the first one's settings.
+    sampler = optuna.samplers.TPESampler() if study.sampler == "tpe" else None
     try:
         created = optuna.create_study(study_name=study.name, storage=storage, direction=direction,
                                       sampler=sampler)
@@ -146,7 +157,12 @@ def _queued_settings(study: Study) -> list[dict[str, Any]]:
         return []
     optuna = optuna_module()
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    return [_decode(study, draw.ask(_distributions(study)).params) for _ in range(study.settings)]
+    settings: list[dict[str, Any]] = []
+    while len(settings) < study.settings:  # check() made sure there are enough distinct ones
+        setting = _decode(study, draw.ask(_distributions(study)).params)
+        if setting not in settings:
+            settings.append(setting)
+    return settings
 
 
 def _distributions(study: Study) -> dict[str, Any]:
@@ -205,6 +221,19 @@ def _trial_attrs(study: Study, index: int, setting: dict[str, Any], seed: int) -
             "run": f"runs/{index:03d}-{slug[:60].strip('-')}-seed{seed}"}
 
 
+def retry(study: Study, optuna_study: Any) -> int:
+    """Queue again every trial that failed with an error and has not been retried."""
+    optuna = optuna_module()
+    trials = optuna_study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs
+              and t.number not in retried]
+    for trial in failed:
+        attrs = {k: trial.user_attrs[k] for k in KEPT if k in trial.user_attrs}
+        optuna_study.enqueue_trial(trial.params, user_attrs=attrs | {"retry_of": trial.number})
+    return len(failed)
+
+
 class Worker:
     """Claims and runs trials until the queue is empty or `stop` is set."""
 
@@ -215,6 +244,9 @@ class Worker:
         self.study_id = self.storage.get_study_id_from_name(study.name)
         self.threads, self.data_dir, self.say, self.stop = threads, data_dir, say, stop
         self.host = socket.gethostname()
+        # A claim file's lock says whether a trial's worker lives only to a worker that sees the
+        # same file: same machine and same study folder. Other trials go by their heartbeat.
+        self.claims = f"{_machine_id()}:{(folder / 'claims').resolve()}"
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -251,7 +283,13 @@ class Worker:
             return None
         trial = self.optuna_study.ask()  # pops a trial queued meanwhile, or draws a setting
         lock = self._claim_lock(trial._trial_id)
-        assert lock is not None  # a new trial: nobody else knows it yet
+        for _ in range(50):  # a popped one: another worker may be letting go of its claim file
+            if lock is not None:
+                break
+            time.sleep(0.1)
+            lock = self._claim_lock(trial._trial_id)
+        else:
+            raise UserError(f"cannot take the claim file of trial {trial.number}: run the sweep again")
         if "seed" not in trial.user_attrs:  # a new setting: queue its other seeds
             index = trial.number
             setting = _decode(self.study, _suggest(self.study, trial))
@@ -284,6 +322,7 @@ class Worker:
     def _started(self, trial: Any) -> Any:
         _suggest(self.study, trial)  # records a queued trial's values as its params
         trial.set_user_attr("host", self.host)
+        trial.set_user_attr("claims", self.claims)
         trial.set_user_attr("alive", time.time())
         return trial
 
@@ -293,7 +332,7 @@ class Worker:
         running = self.optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for frozen in running:
             attrs = frozen.user_attrs
-            if attrs.get("host") == self.host:
+            if attrs.get("claims") == self.claims:
                 lock = self._claim_lock(frozen._trial_id)
                 if lock is None:
                     continue  # its worker is alive
@@ -331,8 +370,9 @@ class Worker:
         except Interrupted:
             # Stopped by the user: the trial goes back in the queue, to resume later.
             self.storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            now = trial.user_attrs  # with "trained" if it got that far
             self.optuna_study.enqueue_trial(_encode(self.study, setting), user_attrs={
-                k: attrs[k] for k in KEPT if k in attrs})
+                k: now[k] for k in KEPT if k in now})
             return
         except UserError as exc:
             trial.set_user_attr("error", str(exc))
@@ -344,13 +384,19 @@ class Worker:
         from ..run import read_metrics
 
         rows = read_metrics(run / "metrics.jsonl")
-        trial.set_user_attr("scores", scores["generated"])
-        trial.set_user_attr("floor", scores["real"])
-        trial.set_user_attr("steps", scores.get("step"))
-        trial.set_user_attr("wall_s", round(time.perf_counter() - start, 1))
-        trial.set_user_attr("train_s", rows[-1].get("wall_s") if rows else None)  # all sessions
         value = scores["generated"][self.study.metric]
-        self.optuna_study.tell(trial, value)
+        try:
+            trial.set_user_attr("scores", scores["generated"])
+            trial.set_user_attr("floor", scores["real"])
+            trial.set_user_attr("steps", scores.get("step"))
+            trial.set_user_attr("wall_s", round(time.perf_counter() - start, 1))
+            trial.set_user_attr("train_s", rows[-1].get("wall_s") if rows else None)  # all sessions
+            self.optuna_study.tell(trial, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Its heartbeat was missed (a sleeping laptop, a lost database) and another worker
+            # queued it again: that copy's result will stand.
+            self.say(f"trial {trial.number} was taken over by another worker: its result is dropped")
+            return
         self.say(f"trial {trial.number} done: {attrs['label']}, seed {attrs['seed']}: "
                  f"{self.study.metric} {value:.4g} ({scores.get('step')} steps, "
                  f"{time.perf_counter() - start:.0f} s)")
@@ -375,8 +421,7 @@ class Worker:
         mnistgan = [sys.executable, "-m", "mnistgan"]
         _wait_unlocked(run)  # a killed sweep's trainer may still be writing its last checkpoint
         checkpoints = list_checkpoints(run / "checkpoints")
-        reached = checkpoints and kind == "steps" and int(checkpoints[-1].name[5:]) >= amount
-        if not trial.user_attrs.get("trained") and not reached:
+        if not trial.user_attrs.get("trained") and not _finished(run):
             if checkpoints:
                 train = [*mnistgan, "train", "--resume", str(run), "--no-progress", *data]
                 train += length if kind != "minutes" else []
@@ -397,8 +442,10 @@ class Worker:
         with log.open("a", encoding="utf-8") as out:
             out.write("$ " + " ".join(command) + "\n")
             out.flush()
+            # A session of its own: a terminal's Ctrl-C reaches the sweep, which passes on one
+            # SIGINT (a trainer takes a second one as "stop now, without a checkpoint").
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                       preexec_fn=_die_with_parent)
+                                       start_new_session=True, preexec_fn=_die_with_parent)
             while process.poll() is None:
                 try:
                     process.wait(timeout=1)
@@ -433,10 +480,43 @@ def _wait_unlocked(run: Path, seconds: float = 120.0) -> None:
                 time.sleep(0.2)
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the sweep dies, even by kill -9, so that no orphan goes on
-    training into a run folder the resumed sweep will claim (training checkpoints and stops)."""
+def _finished(run: Path) -> bool:
+    """Whether the run's training ran to its end: its log's last word on it is "finished"."""
+    try:
+        lines = (run / "log.txt").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    for line in reversed(lines):
+        words = line.split(" ", 2)
+        if len(words) > 1 and words[1] == "finished":
+            return True
+        if len(words) > 1 and words[1] in ("stopped", "resumed"):
+            return False
+    return False
+
+
+def _machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            return Path(path).read_text().strip()
+    return socket.gethostname()
+
+
+def _prctl() -> Any:
     with contextlib.suppress(Exception):
         import ctypes
 
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+        return ctypes.CDLL(None).prctl
+    return None
+
+
+# Looked up here, in the parent: after fork, with other threads running, the child may only
+# make the call (loading a library there can deadlock).
+PRCTL = _prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the sweep dies, even by kill -9, so that no orphan goes on
+    training into a run folder the resumed sweep will claim (training checkpoints and stops)."""
+    if PRCTL is not None:
+        PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)

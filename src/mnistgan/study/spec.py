@@ -245,10 +245,21 @@ def check(study: Study) -> Study:
     if study.sampler != "grid" and study.settings < 1:
         raise UserError(f"sampler \"{study.sampler}\" draws settings: say how many with settings = N "
                         "(or --settings N)")
+    if study.sampler == "random" and all(isinstance(v, list) for v in axes.values()) \
+            and study.settings > len(study.grid()):
+        raise UserError(f"settings = {study.settings} is more than the {len(study.grid())} combinations "
+                        "of the axes: draw fewer, or use the grid")
     try:
-        load_config(study.base, study.overrides)
+        base = load_config(study.base, study.overrides)
     except UserError as exc:
         raise UserError(f"the study's base: {exc}") from None
+    if study.metric == "conditional_accuracy" and not base.data.conditional:
+        raise UserError(f"metric conditional_accuracy needs a class-conditional base ({study.base} is "
+                        "not): choose another metric")
+    if study.metric == "inception_fid":
+        from ..metrics.inception import network_path
+
+        network_path()  # the extra is missing: say so now, not after the first trial's training
     # Every value of every axis must make a valid config (ranges: both ends).
     for key, values in axes.items():
         ends = values if isinstance(values, list) else [_range_value(values, values.low),
