@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -61,26 +62,38 @@ def sweep(study: Study, out: str | Path | None = None, jobs: int = 1, threads: i
     stop = threading.Event()
     failures: list[BaseException] = []
 
-    def work() -> None:
+    finished = [threading.Event() for _ in range(jobs)]
+
+    def work(done: threading.Event) -> None:
         try:
             Worker(study, optuna_study, folder, threads, data_dir, say, stop).run()
         except BaseException as exc:  # handed to the main thread
             failures.append(exc)
             stop.set()
+        finally:
+            done.set()
 
-    workers = [threading.Thread(target=work, name=f"trial-worker-{i}") for i in range(jobs)]
+    # Waited for through events, not Thread.join: a Ctrl-C that lands inside join() can leave
+    # the thread looking finished while it still runs (CPython < 3.13).
+    for done in finished:
+        threading.Thread(target=work, args=(done,), name="trial-worker", daemon=True).start()
     interrupted = False
-    for worker in workers:
-        worker.start()
     try:
-        for worker in workers:
-            while worker.is_alive():
-                worker.join(timeout=0.5)
+        for done in finished:
+            while not done.wait(0.5):
+                pass
     except KeyboardInterrupt:
         interrupted = True
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainers are checkpointing
+        say("stopping: the running trials save a checkpoint first")
         stop.set()
-        for worker in workers:
-            worker.join()
+        try:
+            for done in finished:
+                done.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        # Their trials stopped at a checkpoint: back in the queue now, one at a time.
+        Worker(study, optuna_study, folder, threads, data_dir, say, stop).requeue_dead()
     rows = trial_rows(study, optuna_study)
     running = len(optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     write_csv(rows, folder / "results.csv")

@@ -368,11 +368,8 @@ class Worker:
         try:
             scores = self.trained_and_evaluated(trial, run, setting, log)
         except Interrupted:
-            # Stopped by the user: the trial goes back in the queue, to resume later.
-            self.storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            now = trial.user_attrs  # with "trained" if it got that far
-            self.optuna_study.enqueue_trial(_encode(self.study, setting), user_attrs={
-                k: now[k] for k in KEPT if k in now})
+            # Stopped by the user: left RUNNING with its claim released, so that `requeue_dead`
+            # puts it back in the queue, the one way a stopped trial returns.
             return
         except UserError as exc:
             trial.set_user_attr("error", str(exc))
