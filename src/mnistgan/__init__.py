@@ -6,7 +6,7 @@ The Python API mirrors the command line:
     config = mnistgan.load_config("seed-001", ["train.steps=5000"])   # mnistgan train --preset
     result = mnistgan.train(config)                                   #   ... writes a run folder
     images = mnistgan.load_generator(result.run_dir).sample(64)       # mnistgan sample
-    mnistgan.study(mnistgan.read_study("study.toml"), jobs=2)         # mnistgan sweep
+    mnistgan.sweep(mnistgan.read_study("study.toml"), jobs=2)         # mnistgan sweep
 """
 
 from .config import Config, load_config, preset_names

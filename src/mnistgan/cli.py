@@ -378,10 +378,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .study import example_path, read_study, sweep
 
-    if (args.study is None) == (args.example is None) and args.base is None:
-        raise UserError("give a study file, --example NAME, or --base PRESET with --axis options")
     if args.study is not None and args.example is not None:
         raise UserError("give a study file or --example, not both")
+    if args.study is None and args.example is None and args.base is None:
+        raise UserError("give a study file, --example NAME, or --base PRESET with --axis options")
     path = example_path(args.example) if args.example else args.study
     budget = next(({kind: value} for kind in ("steps", "epochs", "minutes")
                    if (value := getattr(args, kind)) is not None), None)

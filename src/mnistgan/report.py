@@ -65,17 +65,25 @@ def _read_run(path: Path) -> dict[str, Any]:
             "losses": path / "losses.png", "eval": evaluation, "unfinished": unfinished}
 
 
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """`data` embedded in a page (an <img> src), so the page is one self-contained file."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 def _image(path: Path | None, mime: str, alt: str) -> str:
     if path is None or not path.is_file():
         return f"<p class=missing>no {html.escape(alt)}</p>"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
+    return f'<img alt="{html.escape(alt)}" src="{data_uri(path.read_bytes(), mime)}">'
+
+
+def cell_text(value: Any) -> str:
+    """A value as a table shows it: floats to 4 significant digits, structures as JSON."""
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(
+        value, (list, dict, bool)) or value is None else str(value)
 
 
 def _cell(value: Any) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(
-        value, (list, dict, bool)) or value is None else str(value)
-    return f"<td>{html.escape(text)}</td>"
+    return f"<td>{html.escape(cell_text(value))}</td>"
 
 
 def write_report(runs: list[str | Path], out: str | Path,

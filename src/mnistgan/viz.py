@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "encode_gif",
     "encode_grid",
+    "encode_trial_plot",
     "image_grid",
     "plot_losses",
     "save_comparison",
@@ -209,6 +210,38 @@ def plot_losses(rows: Sequence[Mapping[str, float]], path: str | Path, title: st
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=PLOT_DPI)
     return atomic_write(path, buffer.getvalue())
+
+
+def encode_trial_plot(groups: Sequence[tuple[str, Sequence[float]]], xlabel: str,
+                      floor: float | None = None) -> bytes:
+    """PNG bytes of one horizontal box per group (a study's setting) with a dot per value (a
+    seed), first group on top; `floor`: a dashed line for the real-data score."""
+    import random
+
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 0.6 * len(groups) + 1.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    sideways = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2]))
+                >= (3, 10) else {"vert": False})  # `vert` is deprecated from Matplotlib 3.10
+    ax.boxplot([values for _, values in groups], widths=0.5, showfliers=False, **sideways)
+    jitter = random.Random(0)  # the same page for the same results
+    for i, (_, values) in enumerate(groups, start=1):
+        ax.scatter(values, [i + jitter.uniform(-0.12, 0.12) for _ in values], s=18, zorder=3,
+                   color="tab:blue")
+    if floor is not None:
+        ax.axvline(floor, color="tab:green", linestyle="--", label="real floor")
+        ax.legend(loc="best")
+    ax.set_yticks(range(1, len(groups) + 1), [name for name, _ in groups], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=PLOT_DPI)
+    return buffer.getvalue()
 
 
 def save_comparison(

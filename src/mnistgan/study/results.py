@@ -3,11 +3,9 @@ spread over seeds and a bootstrap interval (STUDY/report.html, one self-containe
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
-import json
 import random
 import statistics
 from collections.abc import Callable, Sequence
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
+from ..report import cell_text, data_uri
+from ..viz import encode_trial_plot
 from .spec import Study
 
 # Scores every row carries besides the study's metric (when the evaluation measured them).
@@ -139,37 +139,6 @@ def verdict(study: Study, summaries: list[Summary]) -> str:
     return f"{lead}: the best setting is separable from the next."
 
 
-def _strip_plot(study: Study, summaries: list[Summary]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(summaries) + 1.6), dpi=100)
-    sideways = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2]))
-                >= (3, 10) else {"vert": False})
-    ax.boxplot([s.values for s in summaries], widths=0.5, showfliers=False, **sideways)
-    rng = random.Random(0)
-    for i, s in enumerate(summaries, start=1):
-        ax.scatter(s.values, [i + rng.uniform(-0.12, 0.12) for _ in s.values], s=18, zorder=3,
-                   color="tab:blue")
-    if summaries and summaries[0].floor is not None:
-        ax.axvline(summaries[0].floor, color="tab:green", linestyle="--", label="real floor")
-        ax.legend(loc="best")
-    ax.set_yticks(range(1, len(summaries) + 1), [s.setting for s in summaries], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"{study.metric} ({'lower' if study.minimize else 'higher'} is better); one dot per seed")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _data_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
-
-
 def write_report(study: Study, rows: list[dict[str, Any]], folder: Path, running: int = 0) -> Path:
     """STUDY/report.html: everything embedded, no scripts."""
     summaries = summarise(study, rows)
@@ -204,15 +173,19 @@ def write_report(study: Study, rows: list[dict[str, Any]], folder: Path, running
             parts.append(f"<tr><td>real floor (held-out real images)</td><td></td>"
                          f"<td class='n'>{summaries[0].floor:.4g}</td><td></td><td></td><td></td></tr>")
         parts.append("</table>")
+        plot = encode_trial_plot(
+            [(s.setting, s.values) for s in summaries],
+            f"{study.metric} ({'lower' if study.minimize else 'higher'} is better); one dot per seed",
+            summaries[0].floor)
         parts.append(f"<h2>Every trial</h2><img id='strip' alt='{esc(study.metric)} of every trial' "
-                     f"src='{_data_uri(_strip_plot(study, summaries))}'>")
+                     f"src='{data_uri(plot)}'>")
         best = min((r for r in rows if r["status"] == "done"),
                    key=lambda r: r[study.metric] if study.minimize else -r[study.metric])
         grids = sorted((folder / best["run"] / "samples").glob("step_*.png"))
         parts.append(f"<h2>The best trial: {esc(best['setting'])}, seed {best['seed']}</h2>")
         if grids:
             parts.append(f"<img id='best-grid' alt='samples of the best trial' "
-                         f"src='{_data_uri(grids[-1].read_bytes())}'>"
+                         f"src='{data_uri(grids[-1].read_bytes())}'>"
                          f"<p>{esc(str(best['run']))}, {esc(grids[-1].stem.replace('_', ' '))}</p>")
         else:
             parts.append(f"<p>Its run folder {esc(str(best['run']))} is on {esc(str(best['host']))}.</p>")
@@ -221,14 +194,11 @@ def write_report(study: Study, rows: list[dict[str, Any]], folder: Path, running
         parts.append("<h2>Failed trials</h2><ul>" + "".join(
             f"<li>{esc(r['setting'])}, seed {r['seed']}: {esc(r['status'])}</li>" for r in failed) + "</ul>")
     columns = [c for c in rows[0] if not c.startswith("_")] if rows else []
+    def cells(row: dict[str, Any]) -> str:
+        return "".join(f"<td>{esc('' if row.get(c) is None else cell_text(row[c]))}</td>" for c in columns)
+
     parts.append("<h2>Results</h2><table id='trials'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns)
-                 + "</tr>" + "".join("<tr>" + "".join(f"<td>{esc(_cell(r.get(c)))}</td>" for c in columns)
-                                     + "</tr>" for r in rows) + "</table>")
+                 + "</tr>" + "".join(f"<tr>{cells(r)}</tr>" for r in rows) + "</table>")
     parts.append("</body></html>")
     return atomic_write(folder / "report.html", "\n".join(parts).encode())
 
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value) if not isinstance(value, (list, dict)) else json.dumps(value)

@@ -126,8 +126,7 @@ def open_study(study: Study, storage: Any) -> Any:
         created.set_user_attr("spec", study.identity())
         for index, setting in enumerate(_queued_settings(study)):
             for seed in study.seeds:
-                created.enqueue_trial(_encode(study, setting), user_attrs=_trial_attrs(
-                    study, index, setting, seed))
+                created.enqueue_trial(_encode(setting), user_attrs=_trial_attrs(index, setting, seed))
         created.set_user_attr("ready", True)
         return created
     loaded = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
@@ -181,13 +180,15 @@ def _distributions(study: Study) -> dict[str, Any]:
 
 def _suggest(study: Study, trial: Any) -> dict[str, Any]:
     """The trial's value on every axis: its queued one, or the sampler's draw."""
-    for key, axis in study.all_axes().items():
-        if isinstance(axis, Range) and axis.integer:
-            trial.suggest_int(key, int(axis.low), int(axis.high), log=axis.log)
-        elif isinstance(axis, Range):
-            trial.suggest_float(key, axis.low, axis.high, log=axis.log)
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    for key, dist in _distributions(study).items():
+        if isinstance(dist, CategoricalDistribution):
+            trial.suggest_categorical(key, dist.choices)
+        elif isinstance(dist, IntDistribution):
+            trial.suggest_int(key, dist.low, dist.high, log=dist.log)
         else:
-            trial.suggest_categorical(key, [_choice(v) for v in axis])
+            trial.suggest_float(key, dist.low, dist.high, log=dist.log)
     return dict(trial.params)
 
 
@@ -196,7 +197,7 @@ def _choice(value: Any) -> Any:
     return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
 
 
-def _encode(study: Study, setting: dict[str, Any]) -> dict[str, Any]:
+def _encode(setting: dict[str, Any]) -> dict[str, Any]:
     return {key: _choice(value) for key, value in setting.items()}
 
 
@@ -214,11 +215,15 @@ def setting_label(setting: dict[str, Any]) -> str:
                      for key, value in setting.items())
 
 
-def _trial_attrs(study: Study, index: int, setting: dict[str, Any], seed: int) -> dict[str, Any]:
+def _trial_attrs(index: int, setting: dict[str, Any], seed: int) -> dict[str, Any]:
     short = "-".join(str(v) if k == VARIANT else f"{k.split('.')[-1]}-{v}" for k, v in setting.items())
     slug = "".join(c if c.isalnum() or c in ".-" else "-" for c in short.lower())
     return {"seed": seed, "setting": index, "label": setting_label(setting),
             "run": f"runs/{index:03d}-{slug[:60].strip('-')}-seed{seed}"}
+
+
+def _kept(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: attrs[k] for k in KEPT if k in attrs}
 
 
 def retry(study: Study, optuna_study: Any) -> int:
@@ -229,8 +234,8 @@ def retry(study: Study, optuna_study: Any) -> int:
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs
               and t.number not in retried]
     for trial in failed:
-        attrs = {k: trial.user_attrs[k] for k in KEPT if k in trial.user_attrs}
-        optuna_study.enqueue_trial(trial.params, user_attrs=attrs | {"retry_of": trial.number})
+        attrs = _kept(trial.user_attrs) | {"retry_of": trial.number}
+        optuna_study.enqueue_trial(trial.params, user_attrs=attrs)
     return len(failed)
 
 
@@ -259,7 +264,8 @@ class Worker:
                 self.run_trial(trial)
             finally:
                 lock.close()
-            # Finished or back in the queue as a new trial: no one will look at this claim again.
+            # Finished, or stopped and put back in the queue as a new trial by `requeue_dead`:
+            # a lock probe recreates the file if it ever looks again.
             (self.folder / "claims" / f"{trial._trial_id}.lock").unlink(missing_ok=True)
 
     # -- the queue ----------------------------------------------------------------------
@@ -293,12 +299,12 @@ class Worker:
         if "seed" not in trial.user_attrs:  # a new setting: queue its other seeds
             index = trial.number
             setting = _decode(self.study, _suggest(self.study, trial))
-            for key, value in _trial_attrs(self.study, index, setting, self.study.seeds[0]).items():
+            for key, value in _trial_attrs(index, setting, self.study.seeds[0]).items():
                 trial.set_user_attr(key, value)
             trial.set_user_attr("drawn", True)
             for seed in self.study.seeds[1:]:
-                self.optuna_study.enqueue_trial(_encode(self.study, setting), user_attrs=_trial_attrs(
-                    self.study, index, setting, seed))
+                self.optuna_study.enqueue_trial(_encode(setting),
+                                                user_attrs=_trial_attrs(index, setting, seed))
         return self._started(trial), lock
 
     def _drawn_settings(self) -> int:
@@ -307,17 +313,9 @@ class Worker:
 
     def _claim_lock(self, trial_id: int) -> IO[str] | None:
         """The claim file of a trial, locked by this worker; None if another holds it."""
-        import fcntl
-
         path = self.folder / "claims" / f"{trial_id}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return None
-        return handle
+        return _try_lock(path)
 
     def _started(self, trial: Any) -> Any:
         _suggest(self.study, trial)  # records a queued trial's values as its params
@@ -347,8 +345,7 @@ class Worker:
             params = frozen.system_attrs.get("fixed_params") or frozen.params
             if set(params) != set(self.study.all_axes()) or "run" not in attrs:
                 continue  # died while TPE drew its setting: TPE draws another
-            keep = {k: attrs[k] for k in KEPT if k in attrs}
-            self.optuna_study.enqueue_trial(params, user_attrs=keep)
+            self.optuna_study.enqueue_trial(params, user_attrs=_kept(attrs))
             self.say(f"put back trial {frozen.number} ({attrs.get('label')}, seed {attrs.get('seed')}): "
                      "its worker stopped")
 
@@ -458,23 +455,29 @@ class Worker:
                             f"{lines[-1] if lines else 'no output'} (see {log})")
 
 
-def _wait_unlocked(run: Path, seconds: float = 120.0) -> None:
-    """Wait until no process holds the run folder's lock (see run.py)."""
+def _try_lock(path: Path) -> IO[str] | None:
+    """`path` opened and exclusively locked (until closed); None if another holds the lock."""
     import fcntl
 
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def _wait_unlocked(run: Path, seconds: float = 120.0) -> None:
+    """Wait until no process holds the run folder's lock (see run.py)."""
     if not (run / ".lock").exists():
         return
-    with (run / ".lock").open("a") as handle:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return  # closing the file releases it
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"{run} stays in use by another process: stop it, then run "
-                                    "the sweep again") from None
-                time.sleep(0.2)
+    deadline = time.monotonic() + seconds
+    while (handle := _try_lock(run / ".lock")) is None:
+        if time.monotonic() > deadline:
+            raise UserError(f"{run} stays in use by another process: stop it, then run the sweep again")
+        time.sleep(0.2)
+    handle.close()
 
 
 def _finished(run: Path) -> bool:
