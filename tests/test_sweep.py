@@ -213,6 +213,8 @@ def test_without_optuna_the_sweep_says_which_extra_to_install(tmp_path, capsys, 
 @pytest.mark.parametrize("options, problem", [
     (["--metric", "conditional_accuracy"], "needs a class-conditional base"),
     (["--sampler", "random", "--settings", "5"], "more than the 4 combinations"),
+    (["--sampler", "random", "--settings", "2", "--axis", "train.batch_size=16:128"],
+     "axis train.batch_size takes whole numbers: mark its range as such (train.batch_size=16:128:int"),
 ])
 def test_a_metric_or_sampler_that_cannot_work_is_refused_before_training(tmp_path, capsys, options, problem):
     code, err = run_cli(capsys, study_file(tmp_path), "--out", tmp_path / "out", *options)

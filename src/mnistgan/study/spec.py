@@ -269,9 +269,23 @@ def check(study: Study) -> Study:
             try:
                 load_config(study.base, study.overrides_for(setting, study.seeds[0]))
             except UserError as exc:
+                if isinstance(values, Range) and not values.integer \
+                        and _whole_numbers_pass(study, key, values):
+                    hint = f"{key}={values.low:g}:{values.high:g}:int, or int = true in the file"
+                    raise UserError(f"axis {key} takes whole numbers: mark its range as such "
+                                    f"({hint})") from None
                 where = f"variant '{value}'" if key == VARIANT else f"axis {key} = {json.dumps(value)}"
                 raise UserError(f"{where}: {exc}") from None
     return study
+
+
+def _whole_numbers_pass(study: Study, key: str, axis: Range) -> bool:
+    try:
+        for end in (axis.low, axis.high):
+            load_config(study.base, study.overrides_for({key: int(round(end))}, study.seeds[0]))
+    except UserError:
+        return False
+    return True
 
 
 def _range_value(axis: Range, value: float) -> float | int:
