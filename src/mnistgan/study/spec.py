@@ -21,7 +21,7 @@ full before any training starts.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -262,30 +262,31 @@ def check(study: Study) -> Study:
         network_path()  # the extra is missing: say so now, not after the first trial's training
     # Every value of every axis must make a valid config (ranges: both ends).
     for key, values in axes.items():
-        ends = values if isinstance(values, list) else [_range_value(values, values.low),
-                                                        _range_value(values, values.high)]
-        for value in ends:
-            setting = {key: value}
-            try:
-                load_config(study.base, study.overrides_for(setting, study.seeds[0]))
-            except UserError as exc:
-                if isinstance(values, Range) and not values.integer \
-                        and _whole_numbers_pass(study, key, values):
-                    hint = f"{key}={values.low:g}:{values.high:g}:int, or int = true in the file"
-                    raise UserError(f"axis {key} takes whole numbers: mark its range as such "
-                                    f"({hint})") from None
-                where = f"variant '{value}'" if key == VARIANT else f"axis {key} = {json.dumps(value)}"
-                raise UserError(f"{where}: {exc}") from None
+        for value in _ends(values):
+            refusal = _refusal(study, key, value)
+            if refusal is None:
+                continue
+            if isinstance(values, Range) and not values.integer and not any(
+                    _refusal(study, key, end) for end in _ends(replace(values, integer=True))):
+                hint = f"{key}={values.low:g}:{values.high:g}:int, or int = true in the file"
+                raise UserError(f"axis {key} takes whole numbers: mark its range as such ({hint})")
+            where = f"variant '{value}'" if key == VARIANT else f"axis {key} = {json.dumps(value)}"
+            raise UserError(f"{where}: {refusal}")
     return study
 
 
-def _whole_numbers_pass(study: Study, key: str, axis: Range) -> bool:
+def _ends(axis: Axis) -> list[Any]:
+    """The values of an axis that `check` tries: every listed one, or a range's two ends."""
+    return axis if isinstance(axis, list) else [_range_value(axis, axis.low), _range_value(axis, axis.high)]
+
+
+def _refusal(study: Study, key: str, value: Any) -> UserError | None:
+    """Why the config refuses `value` on axis `key` (None: it accepts it)."""
     try:
-        for end in (axis.low, axis.high):
-            load_config(study.base, study.overrides_for({key: int(round(end))}, study.seeds[0]))
-    except UserError:
-        return False
-    return True
+        load_config(study.base, study.overrides_for({key: value}, study.seeds[0]))
+    except UserError as exc:
+        return exc
+    return None
 
 
 def _range_value(axis: Range, value: float) -> float | int:
