@@ -16,9 +16,10 @@ Our side, twice: the bare step (`GAN.train_step()` with the preset as shipped, i
 count; where bfloat16 passed the five-seed quality rule, BF16_PASSED, also `--precision bf16`
 in both networks and `bf16-d` in D only),
 and what users run: `mnistgan train --preset P` from the command line, with the preset's
-logging, sample grids and checkpoints, its rate read off the run's metrics.jsonl from the
-first logged step at or after step 20 to the last (process start-up and the first 20
-iterations left out).
+logging, sample grids and checkpoints, its rate over the steps after the first 20 (process
+start-up, text 004's D pre-training and the first 20 iterations left out). A clock on
+`GAN.train_step` inside that process gives "end to end / bare": the share of the command's wall
+time spent in the step, on the same steps, so the VM's drift between windows cannot bias it.
 
 Method: each measurement runs in its own subprocess, so TensorFlow and PyTorch never share a
 process, and the sides take turns (Keras, ours, Keras, ours, ...) with the machine to
@@ -230,11 +231,36 @@ def ours_rates(preset: str, repeats: int, seconds: float, precision: str) -> dic
             "threads": torch.get_num_threads()}
 
 
-def cli_rate(preset: str, seconds: float) -> dict:
+# `mnistgan train` exactly as the console script runs it (mnistgan.cli.main), with a clock on the
+# step: the time inside each GAN.train_step() and when each ended, written out at exit. So the
+# end-to-end rate and the bare step's share of it come from the same steps in the same minutes,
+# which the VM's drift between separate windows cannot bias.
+CLOCKED_CLI = """
+import json, os, sys, time
+from mnistgan.cli import main
+from mnistgan.train import GAN
+bare, spent, ends = GAN.train_step, [], []
+def clocked(self):
+    start = time.perf_counter()
+    out = bare(self)
+    end = time.perf_counter()
+    spent.append(end - start)
+    ends.append(end)
+    return out
+GAN.train_step = clocked
+code = main(sys.argv[1:])
+with open(os.environ["MNISTGAN_STEP_CLOCK"], "w") as f:
+    json.dump({"spent": spent, "ends": ends}, f)
+sys.exit(code)
+"""
+
+
+def cli_rate(preset: str, seconds: float, skip: int = 20) -> dict:
     """`mnistgan train --preset P` from the command line, stopped (Ctrl-C, which finishes the step
-    and checkpoints) once its metrics.jsonl spans `seconds` of training from the first logged
-    step at or after step 20: iterations per second over that span. Start-up and text 004's D
-    pre-training come before step 20, so they neither count nor eat into the window."""
+    and checkpoints) once its metrics.jsonl spans `seconds` of training. Over the steps after the
+    first `skip` (start-up and text 004's D pre-training come before them): iterations per second
+    of the whole program, and the share of that wall time spent inside the training step (1.0:
+    logging, sample grids and checkpoints cost nothing)."""
     import signal
     import tempfile
     from pathlib import Path
@@ -244,12 +270,13 @@ def cli_rate(preset: str, seconds: float) -> dict:
     def timed_rows(run: Path) -> list[dict]:
         metrics = run / "metrics.jsonl"
         rows = read_metrics(metrics) if metrics.is_file() else []
-        return [r for r in rows if "d_loss" in r and r["step"] >= 20]
+        return [r for r in rows if "d_loss" in r and r["step"] >= skip]
 
     with tempfile.TemporaryDirectory(prefix="vs-keras-") as tmp:
-        run = Path(tmp) / "run"
-        train = subprocess.Popen([sys.executable, "-m", "mnistgan", "train", "--preset", preset,
+        run, clock = Path(tmp) / "run", Path(tmp) / "clock.json"
+        train = subprocess.Popen([sys.executable, "-c", CLOCKED_CLI, "train", "--preset", preset,
                                   "--out", str(run), "--no-progress"],
+                                 env=os.environ | {"MNISTGAN_STEP_CLOCK": str(clock)},
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while train.poll() is None:
             time.sleep(1.0)
@@ -258,14 +285,14 @@ def cli_rate(preset: str, seconds: float) -> dict:
                 train.send_signal(signal.SIGINT)
                 break
         stderr = train.communicate()[1]
-        if train.returncode not in (0, 128 + signal.SIGINT):
+        if train.returncode not in (0, 128 + signal.SIGINT) or not clock.is_file():
             raise SystemExit(f"vs_keras: mnistgan train --preset {preset} failed:\n{stderr[-3000:]}")
-        rows = timed_rows(run)
-    if len(rows) < 2:
-        raise SystemExit(f"vs_keras: `mnistgan train --preset {preset}` ended with fewer than two logged "
-                         "rows after step 20")
-    first, last = rows[0], rows[-1]
-    return {"rates": [(last["step"] - first["step"]) / (last["wall_s"] - first["wall_s"])]}
+        steps = json.loads(clock.read_text(encoding="utf-8"))
+    spent, ends = steps["spent"][skip + 1:], steps["ends"][skip:]
+    if len(spent) < 2:
+        raise SystemExit(f"vs_keras: `mnistgan train --preset {preset}` ended after {len(ends)} steps")
+    wall = ends[-1] - ends[0]
+    return {"rates": [len(spent) / wall], "step_share": sum(spent) / wall}
 
 
 # -- driver ---------------------------------------------------------------------------------
@@ -313,7 +340,8 @@ def main() -> None:
         print("vs_keras: TensorFlow is not installed: pip install -e '.[bench-keras]'", file=sys.stderr)
         raise SystemExit(2) from None
     print("| preset | batch | Keras as written it/s | Keras with predict_on_batch it/s | "
-          "ours fp32 it/s (threads) | ours / faster Keras | `mnistgan train` it/s | end to end / bare | "
+          "ours fp32 it/s (threads) | ours / faster Keras | `mnistgan train` it/s | "
+          "end to end / bare (same steps) | "
           "ours bf16 it/s | ours / faster Keras | ours bf16 in D it/s | ours / faster Keras | "
           "params G / D (both) | Keras: D learns, frozen in stack |")
     print("|---" * 14 + "|", flush=True)
@@ -336,13 +364,14 @@ def main() -> None:
         from mnistgan import load_config
 
         batch = load_config(preset).train.batch_size
+        share = statistics.median(one["step_share"] for one in runs["cli"])
         written = (f"{med[as_written]:.2f}" if as_written != "keras:predict_on_batch"
                    else "(predict_on_batch)")
         bf16 = " | ".join(f"{med[s]:.2f} | {med[s] / keras:.2f}×" if s in med else "- | -"
                           for s in ("ours:bf16", "ours:bf16-d"))
         print(f"| {preset} | {batch} | {written} | {med['keras:predict_on_batch']:.2f} | "
               f"{med['ours:fp32']:.2f} ({o['threads']}) | {med['ours:fp32'] / keras:.2f}× | "
-              f"{med['cli']:.2f} | {med['cli'] / med['ours:fp32']:.2f} | {bf16} | "
+              f"{med['cli']:.2f} | {share:.3f} | {bf16} | "
               f"{o['params_g']:,} / {o['params_d']:,} | {'yes' if k['d_updated'] else 'no'} |", flush=True)
         results[preset] = {"median_it_s": med, "as_written": AS_WRITTEN[preset], "runs": runs}
     import tensorflow as tf

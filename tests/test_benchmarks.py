@@ -91,3 +91,15 @@ def test_layer_rate_replays_every_layer_call_of_a_step(mnist_dir):
         ("D.out", 3), ("D.trunk.1", 3), ("G.net.0", 1), ("G.net.2", 1)]
     assert all(float(r[3]) >= 0 and float(r[4]) > 0 for r in rows)
     assert "the layers alone, forward and backward:" in out
+
+
+def test_vs_keras_times_the_command_line_and_the_step_inside_it(mnist_dir, monkeypatch):
+    # TensorFlow is not needed for our side: the command line is timed on its own here.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import vs_keras
+
+    result = vs_keras.cli_rate("seed-002", 2.0, skip=5)
+    (rate,) = result["rates"]
+    assert rate > 10
+    # the step's share of the program's wall time: a fraction, and most of it
+    assert 0.5 < result["step_share"] <= 1.0

@@ -73,7 +73,9 @@ class Dropout(nn.Module):
 
     PyTorch's CPU ``bernoulli_`` costs ~9 ns an element, a third of text 004's step; random
     integers compared with ``p * 2**32`` give the same Bernoulli(1 - p) mask (p rounded to
-    2**-32, finer than a float32 uniform's 2**-24) in a sixth of the time.
+    2**-32, finer than a float32 uniform's 2**-24). The bits come as int64 words split in two:
+    ``random_`` over the whole int32 range draws 64 bits for each element anyway (its range is
+    not below 2**32), so this halves the generator's work (~1.6 against ~3.4 ns an element).
     """
 
     def __init__(self, p: float) -> None:
@@ -86,9 +88,13 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        bits = torch.empty_like(x, dtype=torch.int32).random_(-(2**31), None)
+        n = x.numel()
+        words = torch.empty((n + 1) // 2, dtype=torch.int64, device=x.device)
+        bits = words.random_(-(2**63), None).view(torch.int32)[:n]
         keep = (bits >= self.threshold).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return x * keep
+        # The mask in x's own memory layout (channels-last or not), so the product stays one pass.
+        dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        return x * (keep.as_strided(x.shape, x.stride()) if dense else keep.view(x.shape))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
