@@ -32,9 +32,11 @@ from mnistgan.train import GAN
 LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, UpsampleConv2d)
 
 
-def replay(layer: nn.Module, shape: tuple[int, ...], reps: int) -> tuple[float, float]:
-    """(FLOPs, seconds) of one forward and backward of `layer` on an input of `shape`."""
-    x = torch.randn(shape, requires_grad=True)
+def replay(layer: nn.Module, shape: tuple[int, ...], channels_last: bool, reps: int) -> tuple[float, float]:
+    """(FLOPs, seconds) of one forward and backward of `layer` on an input of `shape`, in the
+    memory layout the step gave it (oneDNN picks other kernels for channels-last tensors)."""
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape).to(memory_format=memory).requires_grad_(True)
     kernel = getattr(layer, "kernel", None)
     if kernel is not None:  # the FLOP counter knows PyTorch's own matmul, not oneDNN's op
         use_dense_kernel(layer, "blas")
@@ -49,6 +51,12 @@ def replay(layer: nn.Module, shape: tuple[int, ...], reps: int) -> tuple[float, 
     for _ in range(reps):
         layer(x).backward(torch.randn_like(y))
     return counter.get_total_flops(), (time.perf_counter() - t0) / reps
+
+
+def call(x: torch.Tensor) -> tuple[tuple[int, ...], bool]:
+    """A layer call's input shape, and whether it came channels-last."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) if x.dim() == 4 else False
+    return tuple(x.shape), channels_last and not x.is_contiguous()
 
 
 def main() -> None:
@@ -71,7 +79,7 @@ def main() -> None:
         gan.train_step()
     step_s = (time.perf_counter() - t0) / args.steps
 
-    calls: collections.Counter[tuple[str, tuple[int, ...]]] = collections.Counter()
+    calls: collections.Counter[tuple[str, tuple[int, ...], bool]] = collections.Counter()
     layers: dict[str, nn.Module] = {}
     hooks = []
     for net_name, net in (("G", gan.G), ("D", gan.D)):
@@ -80,16 +88,17 @@ def main() -> None:
                 key = f"{net_name}.{name}"
                 layers[key] = layer
                 hooks.append(layer.register_forward_hook(
-                    lambda mod, inputs, out, key=key: calls.update([(key, tuple(inputs[0].shape))])))
+                    lambda mod, inputs, out, key=key: calls.update([(key, *call(inputs[0]))])))
     gan.train_step()
     for hook in hooks:
         hook.remove()
 
     reference = product_rate(1024, 1024, 1024, "onednn", reps=10)  # GFLOP/s
     rows = []
-    for (key, shape), n in calls.items():
-        flops, seconds = replay(layers[key], shape, args.reps)
-        rows.append((key, shape, n, flops, seconds))
+    for (key, shape, channels_last), n in calls.items():
+        flops, seconds = replay(layers[key], shape, channels_last, args.reps)
+        layout = " channels-last" if channels_last else ""
+        rows.append((key, "x".join(map(str, shape)) + layout, n, flops, seconds))
     rows.sort(key=lambda r: -r[2] * r[4])
     print(f"{args.preset}, {torch.get_num_threads()} thread(s): {step_s * 1e3:.0f} ms a step; "
           f"reference: a 1024^3 float32 matmul on oneDNN at {reference:.0f} GFLOP/s\n")
@@ -97,10 +106,10 @@ def main() -> None:
           "of the matmul rate | ms a step |")
     print("|---|---|---|---|---|---|---|---|")
     total = 0.0
-    for key, shape, n, flops, seconds in rows:
+    for key, inputs, n, flops, seconds in rows:
         total += n * seconds
         rate = flops / seconds / 1e9
-        print(f"| {key} | {'x'.join(map(str, shape))} | {n} | {flops / 1e9:.3g} | {seconds * 1e3:.3g} | "
+        print(f"| {key} | {inputs} | {n} | {flops / 1e9:.3g} | {seconds * 1e3:.3g} | "
               f"{rate:.0f} | {rate / reference:.0%} | {n * seconds * 1e3:.0f} |")
     print(f"\nthe layers alone, forward and backward: {total * 1e3:.0f} ms of the step's "
           f"{step_s * 1e3:.0f} ms ({total / step_s:.0%})")

@@ -91,6 +91,20 @@ def test_layer_rate_replays_every_layer_call_of_a_step(mnist_dir):
         ("D.out", 3), ("D.trunk.1", 3), ("G.net.0", 1), ("G.net.2", 1)]
     assert all(float(r[3]) >= 0 and float(r[4]) > 0 for r in rows)
     assert "the layers alone, forward and backward:" in out
+    assert "channels-last" not in out  # dense layers: 2-D inputs
+
+
+def test_layer_rate_replays_convolutions_in_the_layout_the_step_used(mnist_dir):
+    # best trains channels-last (train.channels_last): its convolutions' replays must too, since
+    # oneDNN runs other kernels for that layout
+    out = run_script("layer_rate.py", "best", "--steps", "1", "--reps", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")
+            and not line.startswith(("| layer", "|---"))]
+    layout = {(r[0].strip(), r[1].split()[0]): r[1].strip().endswith("channels-last") for r in rows}
+    # D's second convolution takes the first one's channels-last output (real, fake, G's step)
+    assert [v for (layer, _), v in layout.items() if layer == "D.trunk.2"] == [True, True]
+    # one-channel images and dense inputs are both layouts at once: not marked
+    assert not layout["D.trunk.0", "64x1x28x28"] and not layout["G.dense", "64x74"]
 
 
 def test_vs_keras_times_the_command_line_and_the_step_inside_it(mnist_dir, monkeypatch):
