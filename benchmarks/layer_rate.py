@@ -55,8 +55,7 @@ def replay(layer: nn.Module, shape: tuple[int, ...], channels_last: bool, reps: 
 
 def call(x: torch.Tensor) -> tuple[tuple[int, ...], bool]:
     """A layer call's input shape, and whether it came channels-last."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) if x.dim() == 4 else False
-    return tuple(x.shape), channels_last and not x.is_contiguous()
+    return tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def main() -> None:

@@ -290,7 +290,8 @@ def cli_rate(preset: str, seconds: float, skip: int = 20) -> dict:
         steps = json.loads(clock.read_text(encoding="utf-8"))
     spent, ends = steps["spent"][skip + 1:], steps["ends"][skip:]
     if len(spent) < 2:
-        raise SystemExit(f"vs_keras: `mnistgan train --preset {preset}` ended after {len(ends)} steps")
+        raise SystemExit(f"vs_keras: `mnistgan train --preset {preset}` ended after "
+                         f"{len(steps['ends'])} steps")
     wall = ends[-1] - ends[0]
     return {"rates": [len(spent) / wall], "step_share": sum(spent) / wall}
 

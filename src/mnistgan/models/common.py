@@ -93,7 +93,7 @@ class Dropout(nn.Module):
         bits = words.random_(-(2**63), None).view(torch.int32)[:n]
         keep = (bits >= self.threshold).to(x.dtype).mul_(1.0 / (1.0 - self.p))
         # The mask in x's own memory layout (channels-last or not), so the product stays one pass.
-        dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
         return x * (keep.as_strided(x.shape, x.stride()) if dense else keep.view(x.shape))
 
     def extra_repr(self) -> str:
