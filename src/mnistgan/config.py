@@ -246,6 +246,11 @@ class TrainConfig:
     # "onednn" (AVX-512 on AMD processors too: 2x MKL's rate on this project's CPU) or "blas"
     # (PyTorch's default, MKL). Same products; they differ in rounding only.
     dense_kernel: DenseKernel = "onednn"
+    # Capture the whole step (both updates, their backward passes and Adam) as one compiled
+    # graph on the first step (step_graph.py): the same arithmetic without PyTorch's per-op
+    # dispatch. Fully connected networks on the CPU without dropout, augmentation or penalties;
+    # otherwise (or without a C++ compiler) the step runs op by op, with a note saying why.
+    compile_step: bool = False
     log_every: int = 50
     sample_every: int = 500
     # Sample-quality evaluation (FID etc. against the test set) every N steps; 0: off. The

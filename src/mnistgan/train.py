@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,7 @@ from .models import build_discriminator, build_generator
 from .noise import sample_noise
 from .run import RunFolder, SilentFolder, default_run_path
 from .schedules import lr_factor
+from .step_graph import StepGraph, unsupported
 
 # Columns of the per-step statistics tensor, summed on the device between log rows so that
 # the loop never waits on the host.
@@ -125,6 +127,15 @@ class GAN:
         self.d_updates = 0
         self.g_updates = 0
         self.epoch_order = torch.empty(0, dtype=torch.long, device=device)
+        # Where the GAN's notes go (the run's log and console once a Loop drives it).
+        self.say: Callable[[str], None] = lambda text: print(f"mnistgan: {text}", file=sys.stderr)
+        self.step_graph = None
+        if t.compile_step:
+            reason = unsupported(config, device, world.size)
+            if reason is None:
+                self.step_graph = StepGraph(self)
+            else:
+                self.say(f"train.compile_step {reason}: the step runs op by op")
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -168,13 +179,17 @@ class GAN:
 
     # -- learning rates ----------------------------------------------------------------
 
-    def _set_lr(self, opt: torch.optim.Optimizer, base: float, updates: int) -> None:
+    def learning_rate(self, base: float, updates: int) -> float:
+        """The learning rate of an optimiser whose base rate is `base`, at its update number
+        `updates` of this step: scaling, milestones, Keras decay and the schedule."""
         t = self.config.train
         drops = sum(self.step >= m for m in t.lr_milestones)
         lr = base * self.lr_scale * t.lr_gamma**drops / (1.0 + t.decay * updates)
-        lr *= lr_factor(t.lr_schedule, self.step, self.total_steps)
+        return lr * lr_factor(t.lr_schedule, self.step, self.total_steps)
+
+    def _set_lr(self, opt: torch.optim.Optimizer, base: float, updates: int) -> None:
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.learning_rate(base, updates)
 
     # -- the two updates -----------------------------------------------------------------
 
@@ -286,6 +301,8 @@ class GAN:
 
     def train_step(self) -> torch.Tensor:
         """One iteration: D step(s), then one G step. Returns the STATS row (on the device)."""
+        if self.step_graph is not None:
+            return self.step_graph()
         t = self.config.train
         for _ in range(t.d_steps):
             d_stats, z, y, fake = self.discriminator_step()
@@ -528,6 +545,7 @@ class Loop:
         # Ranks other than 0 of a distributed run train in step with rank 0 but write nothing.
         self.main = run is not None
         self.gan, self.folder, self.steps = gan, run or SilentFolder(), steps
+        gan.say = self.say
         # The loop's own state, carried across a resume: the sums of the metric rows not yet
         # logged, the best FID so far and the wall time of earlier sessions.
         resumed = resumed or {}

@@ -9,6 +9,9 @@ oneDNN's matmul; the results differ from MKL's in rounding only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -23,7 +26,33 @@ _LINEAR = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias by oneDNN (it takes transposed views without copying them)."""
+    if _capturing:
+        return torch.ops.mnistgan.onednn_linear(x, weight, bias)
     return _LINEAR(x, weight, bias, "none", [], "")
+
+
+# While a step is captured as a graph (step_graph.py), the products go through an operator of
+# our own: inductor lowers mkldnn's linear only for frozen (constant) weights, but calls an
+# operator it does not know as it is, and a library operator costs a few microseconds a call
+# where a `torch.library.custom_op` costs tens.
+_capturing = False
+if _LINEAR is not None:
+    _library = torch.library.Library("mnistgan", "DEF")
+    _library.define("onednn_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+    _library.impl("onednn_linear", lambda x, weight, bias: _LINEAR(x, weight, bias, "none", [], ""), "CPU")
+    torch.library.register_fake("mnistgan::onednn_linear", lib=_library)(
+        lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]))
+
+
+@contextmanager
+def capturing() -> Iterator[None]:
+    """Dense layers on oneDNN in a form a graph compiler can call (see `_capturing`)."""
+    global _capturing
+    _capturing = True
+    try:
+        yield
+    finally:
+        _capturing = False
 
 
 class _OneDNNLinear(torch.autograd.Function):
