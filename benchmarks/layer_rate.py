@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    config = load_config(args.preset, args.overrides)
+    # Layers are seen by their forward hooks, which a compiled step (train.compile_step) does not
+    # call: the step is timed op by op.
+    config = load_config(args.preset, ["train.compile_step=false", *args.overrides])
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     data = ImageBank.load(config.data.dataset, "train", None, config.data.digits, config.data.value_range)

@@ -117,3 +117,14 @@ def test_vs_keras_times_the_command_line_and_the_step_inside_it(mnist_dir, monke
     assert rate > 10
     # the step's share of the program's wall time: a fraction, and most of it
     assert 0.5 < result["step_share"] <= 1.0
+
+
+def test_compile_step_times_both_settings_and_their_ratio(mnist_dir):
+    out = run_script("compile_step.py", "--presets", "seed-002", "--seconds", "0.2", "--rounds", "2")
+    row = [line for line in out.splitlines() if line.startswith("| seed-002")]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].split("|")[1:-1]]
+    first, eager, compiled = (float(c) for c in cells[1:4])
+    ratio = float(cells[4].strip("*"))
+    assert first > 0 and eager > 0 and compiled > 0
+    assert ratio == pytest.approx(compiled / eager, abs=0.01)
