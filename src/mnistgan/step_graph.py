@@ -176,14 +176,10 @@ class StepGraph:
         d_named = dict(zip(d_buffers, d_bufs, strict=True))
 
         def run_g(params: list[torch.Tensor], z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            weights = dict(zip(g_keys, params, strict=True)) | g_named
-            with gan.autocast("G"):
-                return functional_call(G, weights, (z, y)).float()
+            return functional_call(G, dict(zip(g_keys, params, strict=True)) | g_named, (z, y))
 
         def run_d(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            weights = dict(zip(d_keys, params, strict=True)) | d_named
-            with gan.autocast("D"):
-                return functional_call(D, weights, (x, y)).float()
+            return functional_call(D, dict(zip(d_keys, params, strict=True)) | d_named, (x, y))
 
         updates = iter(range(self.d_updates_per_step))
 
