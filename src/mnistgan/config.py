@@ -248,8 +248,9 @@ class TrainConfig:
     dense_kernel: DenseKernel = "onednn"
     # Capture the whole step (both updates, their backward passes and Adam) as one compiled
     # graph on the first step (step_graph.py): the same arithmetic without PyTorch's per-op
-    # dispatch. Fully connected networks on the CPU without dropout, augmentation or penalties;
-    # otherwise (or without a C++ compiler) the step runs op by op, with a note saying why.
+    # dispatch. Fully connected networks on the CPU (any train.precision) without dropout,
+    # augmentation or penalties; otherwise (or without a C++ compiler) the step runs op by op,
+    # with a note saying why.
     compile_step: bool = False
     log_every: int = 50
     sample_every: int = 500

@@ -42,8 +42,6 @@ def unsupported(config: Config, device: torch.device, processes: int) -> str | N
         return f"runs on the CPU in one process only (here: {device.type}, {processes} processes)"
     if config.generator.arch != "mlp" or config.discriminator.arch != "mlp":
         return "runs fully connected networks only (generator.arch, discriminator.arch = 'mlp')"
-    if t.precision != "fp32":  # bfloat16 passed the five-seed rule op by op, not yet compiled
-        return f"runs in float32 only (train.precision = {t.precision!r})"
     if t.loss == "wgan-gp" or t.r1:
         return "has no gradient penalties (train.loss = 'wgan-gp', train.r1)"
     if t.augment or t.instance_noise:
@@ -176,10 +174,12 @@ class StepGraph:
         d_named = dict(zip(d_buffers, d_bufs, strict=True))
 
         def run_g(params: list[torch.Tensor], z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            return functional_call(G, dict(zip(g_keys, params, strict=True)) | g_named, (z, y))
+            with gan.autocast("G"):  # train.precision: traced as explicit casts
+                return functional_call(G, dict(zip(g_keys, params, strict=True)) | g_named, (z, y)).float()
 
         def run_d(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            return functional_call(D, dict(zip(d_keys, params, strict=True)) | d_named, (x, y))
+            with gan.autocast("D"):
+                return functional_call(D, dict(zip(d_keys, params, strict=True)) | d_named, (x, y)).float()
 
         updates = iter(range(self.d_updates_per_step))
 
