@@ -59,6 +59,10 @@ class StepGraph:
         t = gan.config.train
         self.d_updates_per_step = t.d_steps * (2 if t.d_update == "separate" else 1)
         self.compiled: Callable[..., torch.Tensor] | None = None
+        # The graph's state inputs, kept between steps: weights and buffers are updated in place
+        # (a checkpoint load copies into them too), only the optimisers' state dicts get replaced.
+        self._inputs_of: tuple[object, object] | None = None
+        self._state_inputs: list[torch.Tensor] = []
 
     # -- the state the graph updates in place ------------------------------------------------
 
@@ -76,9 +80,13 @@ class StepGraph:
 
     def _state(self) -> list[torch.Tensor]:
         gan = self.gan
-        return ([p.detach() for p in gan.G.parameters()] + [p.detach() for p in gan.D.parameters()]
-                + list(gan.G.buffers()) + list(gan.D.buffers())
-                + self._adam_state(gan.opt_g) + self._adam_state(gan.opt_d))
+        owners = (gan.opt_g.state, gan.opt_d.state)
+        if self._inputs_of is None or any(a is not b for a, b in zip(owners, self._inputs_of, strict=True)):
+            weights = [p.detach() for p in (*gan.G.parameters(), *gan.D.parameters())]
+            self._state_inputs = (weights + list(gan.G.buffers()) + list(gan.D.buffers())
+                                  + self._adam_state(gan.opt_g) + self._adam_state(gan.opt_d))
+            self._inputs_of = owners
+        return self._state_inputs
 
     def _scales(self) -> torch.Tensor:
         """Per update of this step, D's first: [lr / (1 - beta1^n), sqrt(1 - beta2^n)]."""

@@ -28,6 +28,10 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """x @ weight.T + bias by oneDNN (it takes transposed views without copying them)."""
     if _capturing:
         return torch.ops.mnistgan.onednn_linear(x, weight, bias)
+    return _product(x, weight, bias)
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return _LINEAR(x, weight, bias, "none", [], "")
 
 
@@ -39,7 +43,7 @@ _capturing = False
 if _LINEAR is not None:
     _library = torch.library.Library("mnistgan", "DEF")
     _library.define("onednn_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
-    _library.impl("onednn_linear", lambda x, weight, bias: _LINEAR(x, weight, bias, "none", [], ""), "CPU")
+    _library.impl("onednn_linear", _product, "CPU")
     torch.library.register_fake("mnistgan::onednn_linear", lib=_library)(
         lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]))
 
