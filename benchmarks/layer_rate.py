@@ -3,7 +3,9 @@
 One training step is watched with forward hooks on every dense and convolution layer, which
 record each call's input shape. Each call is then replayed alone, forward and backward (input
 and weight gradients), on random data of that shape: its FLOPs (torch.utils.flop_counter) and
-its time, hot in cache, at the preset's thread count. The table lists the layers by time; the
+its time, hot in cache, at the preset's thread count, in the precision the step ran it in
+(train.precision: bfloat16 autocast for the networks it names, measured against a bfloat16
+matmul). The table lists the layers by time; the
 last line compares the sum of those times with the whole step (an overestimate: a replay computes
 every gradient, where the step's G update needs no weight gradients of the frozen D). A layer
 that takes most of the step while running near the CPU's matmul rate is the step's hardware
@@ -23,7 +25,7 @@ from dense_kernel import product_rate  # benchmarks/, the script's own folder
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnistgan.config import load_config
+from mnistgan.config import PRECISIONS, load_config
 from mnistgan.data import ImageBank
 from mnistgan.models.common import UpsampleConv2d
 from mnistgan.models.dense import use_dense_kernel
@@ -32,25 +34,43 @@ from mnistgan.train import GAN
 LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, UpsampleConv2d)
 
 
-def replay(layer: nn.Module, shape: tuple[int, ...], channels_last: bool, reps: int) -> tuple[float, float]:
+def replay(layer: nn.Module, shape: tuple[int, ...], channels_last: bool, bf16: bool,
+           reps: int) -> tuple[float, float]:
     """(FLOPs, seconds) of one forward and backward of `layer` on an input of `shape`, in the
-    memory layout the step gave it (oneDNN picks other kernels for channels-last tensors)."""
+    memory layout the step gave it (oneDNN picks other kernels for channels-last tensors) and
+    under bfloat16 autocast where the step's precision put its network."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(shape).to(memory_format=memory).requires_grad_(True)
+
+    def forward() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return layer(x)
+
     kernel = getattr(layer, "kernel", None)
     if kernel is not None:  # the FLOP counter knows PyTorch's own matmul, not oneDNN's op
         use_dense_kernel(layer, "blas")
     with FlopCounterMode(display=False) as counter:
-        y = layer(x)
+        y = forward()
         y.backward(torch.randn_like(y))
     if kernel is not None:
         use_dense_kernel(layer, kernel)
     for _ in range(2):
-        layer(x).backward(torch.randn_like(y))
+        forward().backward(torch.randn_like(y))
     t0 = time.perf_counter()
     for _ in range(reps):
-        layer(x).backward(torch.randn_like(y))
+        forward().backward(torch.randn_like(y))
     return counter.get_total_flops(), (time.perf_counter() - t0) / reps
+
+
+def bf16_matmul_rate(size: int = 1024, reps: int = 10) -> float:
+    """GFLOP/s of a size^3 bfloat16 matmul (oneDNN; AMX where the CPU has it), hot in cache."""
+    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def call(x: torch.Tensor) -> tuple[tuple[int, ...], bool]:
@@ -94,20 +114,26 @@ def main() -> None:
     for hook in hooks:
         hook.remove()
 
-    reference = product_rate(1024, 1024, 1024, "onednn", reps=10)  # GFLOP/s
+    in_bf16 = PRECISIONS[config.train.precision]  # the networks the step ran under autocast
+    references = {False: product_rate(1024, 1024, 1024, "onednn", reps=10)}  # GFLOP/s
+    said = f"a 1024^3 float32 matmul on oneDNN at {references[False]:.0f} GFLOP/s"
+    if in_bf16:
+        references[True] = bf16_matmul_rate()
+        said += f", in bfloat16 at {references[True]:.0f}"
     rows = []
     for (key, shape, channels_last), n in calls.items():
-        flops, seconds = replay(layers[key], shape, channels_last, args.reps)
-        layout = " channels-last" if channels_last else ""
-        rows.append((key, "x".join(map(str, shape)) + layout, n, flops, seconds))
+        bf16 = key.split(".")[0] in in_bf16
+        flops, seconds = replay(layers[key], shape, channels_last, bf16, args.reps)
+        layout = (" channels-last" if channels_last else "") + (" bf16" if bf16 else "")
+        rows.append((key, "x".join(map(str, shape)) + layout, n, flops, seconds, references[bf16]))
     rows.sort(key=lambda r: -r[2] * r[4])
-    print(f"{args.preset}, {torch.get_num_threads()} thread(s): {step_s * 1e3:.0f} ms a step; "
-          f"reference: a 1024^3 float32 matmul on oneDNN at {reference:.0f} GFLOP/s\n")
+    print(f"{args.preset}, {torch.get_num_threads()} thread(s), precision {config.train.precision}: "
+          f"{step_s * 1e3:.0f} ms a step; reference: {said}\n")
     print("| layer | input | calls a step | GFLOP a call (fwd + bwd) | ms a call alone | GFLOP/s | "
-          "of the matmul rate | ms a step |")
+          "of the matmul rate (same precision) | ms a step |")
     print("|---|---|---|---|---|---|---|---|")
     total = 0.0
-    for key, inputs, n, flops, seconds in rows:
+    for key, inputs, n, flops, seconds, reference in rows:
         total += n * seconds
         rate = flops / seconds / 1e9
         print(f"| {key} | {inputs} | {n} | {flops / 1e9:.3g} | {seconds * 1e3:.3g} | "

@@ -107,6 +107,17 @@ def test_layer_rate_replays_convolutions_in_the_layout_the_step_used(mnist_dir):
     assert not layout["D.trunk.0", "64x1x28x28"] and not layout["G.dense", "64x74"]
 
 
+def test_layer_rate_replays_each_network_in_the_precision_the_step_used(mnist_dir):
+    # bf16-d: D's layers under bfloat16 autocast, against a bfloat16 matmul; G's in float32
+    out = run_script("layer_rate.py", "seed-002", "--steps", "1", "--reps", "1",
+                     "--set", "train.precision=bf16-d")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")
+            and not line.startswith(("| layer", "|---"))]
+    marked = {r[0].strip(): r[1].strip().endswith(" bf16") for r in rows}
+    assert marked == {"D.out": True, "D.trunk.1": True, "G.net.0": False, "G.net.2": False}
+    assert "precision bf16-d" in out and ", in bfloat16 at " in out
+
+
 def test_vs_keras_times_the_command_line_and_the_step_inside_it(mnist_dir, monkeypatch):
     # TensorFlow is not needed for our side: the command line is timed on its own here.
     monkeypatch.syspath_prepend(str(BENCHMARKS))
