@@ -141,7 +141,10 @@ def test_the_table_covers_every_subcommand():
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_refused_in_one_line(name, files, lock_held, capsys):
+def test_bad_input_is_refused_in_one_line(name, files, lock_held, capsys, monkeypatch, tmp_path):
+    # An empty cache, as on a new machine: a refusal comes before minutes of work (embedding
+    # the reference images), not after them.
+    monkeypatch.setenv("MNISTGAN_CACHE", str(tmp_path / "cache"))
     argv, words = CASES[name]
     argv = [a.replace("{root}", str(files)) for a in argv]
     runs = [p for p in files.iterdir() if p.is_dir()]

@@ -164,14 +164,19 @@ METRICS: dict[str, Metric] = {
 }
 
 
+def check_count(images_u8: torch.Tensor) -> None:
+    """Refuse too few images before any work (on a new machine, the reference takes minutes)."""
+    if len(images_u8) < MIN_SAMPLES:
+        raise UserError(f"{len(images_u8)} images are too few to measure (k-NN and covariance "
+                        f"statistics need at least {MIN_SAMPLES}): use e.g. --n 10000")
+
+
 def compute(images_u8: torch.Tensor, ref: Reference, names: Sequence[str] | None = None,
             labels: torch.Tensor | None = None) -> dict[str, float]:
     """The named metrics (all by default) of uint8 images (N, 28, 28) against `ref`; with the
     digit each image was asked to be (`labels`), also the conditional accuracy: the share the
     reference classifier reads as that digit."""
-    if len(images_u8) < MIN_SAMPLES:
-        raise UserError(f"{len(images_u8)} images are too few to measure (k-NN and covariance "
-                        f"statistics need at least {MIN_SAMPLES}): use e.g. --n 10000")
+    check_count(images_u8)
     gen = FeatureSet.of(images_u8, ref.classifier, labels)
     out: dict[str, float] = {}
     for name in names or METRICS:
@@ -185,6 +190,7 @@ def evaluate_images(images_u8: torch.Tensor, digits: Sequence[int] = (),
                     data_dir: str | Path | None = None, names: Sequence[str] | None = None,
                     labels: torch.Tensor | None = None, dataset: str = "mnist") -> dict[str, float]:
     """Metrics of generated images only (what training logs)."""
+    check_count(images_u8)
     return compute(images_u8, reference(digits, data_dir, dataset), names, labels)
 
 
@@ -196,6 +202,7 @@ def evaluate(images_u8: torch.Tensor, digits: Sequence[int] = (),
     the digits a conditional generator was asked for (the floor then uses the real labels).
     Everything is measured against `dataset` (its test set, its classifier); `inception`: also
     the papers' Inception-FID (optional extra)."""
+    check_count(images_u8)
     ref = reference(digits, data_dir, dataset)
     n_real = min(len(images_u8), len(ref.heldout))
     counts = scores.class_histogram(FeatureSet.of(images_u8, ref.classifier).probs)
