@@ -27,9 +27,11 @@ SHAPES = [(1024, 1024, 1024), (32, 1024, 784), (16, 784, 512), (64, 784, 128), (
 KERNELS = ("blas", "onednn")
 
 
-def product_rate(rows: int, inner: int, cols: int, kernel: str, reps: int = 100) -> float:
-    """GFLOP/s of one rows x inner @ inner x cols float32 product, hot in cache."""
-    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+def product_rate(rows: int, inner: int, cols: int, kernel: str, reps: int = 100,
+                 dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of one rows x inner @ inner x cols product, hot in cache (bfloat16: "blas" only,
+    which PyTorch sends to oneDNN, on AMX where the CPU has it)."""
+    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
     bt = b.t().contiguous()  # oneDNN's linear takes the weight as (out, in), as nn.Linear stores it
     run = (lambda: torch.mm(a, b)) if kernel == "blas" else (lambda: onednn_linear(a, bt))
     for _ in range(5):

@@ -62,17 +62,6 @@ def replay(layer: nn.Module, shape: tuple[int, ...], channels_last: bool, bf16: 
     return counter.get_total_flops(), (time.perf_counter() - t0) / reps
 
 
-def bf16_matmul_rate(size: int = 1024, reps: int = 10) -> float:
-    """GFLOP/s of a size^3 bfloat16 matmul (oneDNN; AMX where the CPU has it), hot in cache."""
-    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
 def call(x: torch.Tensor) -> tuple[tuple[int, ...], bool]:
     """A layer call's input shape, and whether it came channels-last."""
     return tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -118,7 +107,7 @@ def main() -> None:
     references = {False: product_rate(1024, 1024, 1024, "onednn", reps=10)}  # GFLOP/s
     said = f"a 1024^3 float32 matmul on oneDNN at {references[False]:.0f} GFLOP/s"
     if in_bf16:
-        references[True] = bf16_matmul_rate()
+        references[True] = product_rate(1024, 1024, 1024, "blas", reps=10, dtype=torch.bfloat16)
         said += f", in bfloat16 at {references[True]:.0f}"
     rows = []
     for (key, shape, channels_last), n in calls.items():
