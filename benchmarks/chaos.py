@@ -5,15 +5,16 @@ again and again with SIGKILL, SIGTERM or SIGINT at a random moment after it has 
 training. After each kill, on the run exactly as it was left:
 
 - `mnistgan sample RUN` writes a grid,
-- `mnistgan evaluate RUN --n 100` prints its scores,
+- `mnistgan evaluate RUN --n 100` prints its scores (--n N: another count); the two run
+  side by side, as neither reads what the other writes,
 - `mnistgan train --resume RUN` continues it (the next round, or the last one to the end).
 
 At the end the resumed run must equal the reference: the same weights bit for bit and the
 same metric rows (timings aside). Prints a row per kill and the tally; exits 1 if any check
-failed.
+failed. --jobs 2 works on both presets at once (their rows then interleave).
 
     python benchmarks/chaos.py                        # 20 kills over seed-002 and seed-000
-    python benchmarks/chaos.py --kills 4 --short      # what the test suite runs
+    python benchmarks/chaos.py --kills 4 --short --n 10 --jobs 2   # what the test suite runs
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mnistgan.checkpoint import checkpoint_step, list_checkpoints
@@ -47,10 +50,17 @@ def mnistgan(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "mnistgan", *map(str, args)]
 
 
-def run_ok(*args: str | Path) -> tuple[bool, str]:
-    done = subprocess.run(mnistgan(*args), capture_output=True, text=True, timeout=600)
-    last = (done.stderr.strip().splitlines() or [""])[-1]
-    return done.returncode == 0 and "Traceback" not in done.stderr, last
+def run_ok(*commands: list[str | Path]) -> list[tuple[bool, str]]:
+    """Run the mnistgan commands at once; per command: whether it succeeded, and its last
+    line on stderr."""
+    processes = [subprocess.Popen(mnistgan(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for args in commands]
+    said = []
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        last = (err.strip().splitlines() or [""])[-1]
+        said.append((process.returncode == 0 and "Traceback" not in err, last))
+    return said
 
 
 def metric_rows(run: Path) -> list[dict]:
@@ -79,10 +89,17 @@ def same_weights(a: Path, b: Path) -> bool:
     return True
 
 
-def chaos(preset: str, kills: int, steps: int, work: Path, rng: random.Random
-          ) -> tuple[int, int, bool]:
-    """Kill a run of `preset` up to `kills` times; returns (kills, kills that left a usable
-    run, whether the finished run equals the uninterrupted one)."""
+def kill_moments(rng: random.Random) -> Iterator[tuple[float, signal.Signals]]:
+    """(seconds to wait once the run trains, signal) for one kill after another."""
+    while True:
+        delay = rng.uniform(0.0, 1.5)
+        yield delay, rng.choice(SIGNALS)
+
+
+def chaos(preset: str, kills: int, steps: int, work: Path, moments: Iterator[tuple[float, signal.Signals]],
+          n: int = 100) -> tuple[int, int, bool]:
+    """Kill a run of `preset` up to `kills` times, at `moments`; returns (kills, kills that
+    left a usable run, whether the finished run equals the uninterrupted one)."""
     settings = ["--preset", preset, "--steps", str(steps), "--no-progress", *SETTINGS[preset]]
     ref, run = work / f"{preset}-reference", work / f"{preset}-killed"
     subprocess.run(mnistgan("train", *settings, "--out", ref), check=True, capture_output=True)
@@ -96,13 +113,13 @@ def chaos(preset: str, kills: int, steps: int, work: Path, rng: random.Random
         deadline = time.monotonic() + 120
         while len(metric_rows(run)) <= rows and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)  # until it trains (a new metric row)
-        time.sleep(rng.uniform(0.0, 1.5))
-        sig = rng.choice(SIGNALS)
+        delay, sig = next(moments)
+        time.sleep(delay)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=600)
         clean_exit = "Traceback" not in err and proc.returncode in (0, -9, -15, 128 + sig)
-        sampled, sample_says = run_ok("sample", run, "--n", "16", "--out", work / "grid.png")
-        evaluated, evaluate_says = run_ok("evaluate", run, "--n", "100")
+        (sampled, sample_says), (evaluated, evaluate_says) = run_ok(
+            ["sample", run, "--n", "16", "--out", work / "grid.png"], ["evaluate", run, "--n", str(n)])
         ok = clean_exit and sampled and evaluated
         done, usable = done + 1, usable + ok
         note = "" if ok else f" | {err.strip()[-200:] or sample_says or evaluate_says}"
@@ -122,16 +139,31 @@ def main() -> None:
     parser.add_argument("--short", action="store_true", help="short runs (the test suite's setting)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments and signals")
     parser.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--n", type=int, default=100,
+                        help="images evaluate scores after each kill (default 100; at least 10)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="presets at once (default 1); each keeps the kill moments and signals "
+                             "it gets one at a time, and its runs' thread counts")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = args.work or Path(tempfile.mkdtemp(prefix="mnistgan-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
-    print("| preset | signal | newest checkpoint after the kill | exit code | sample | evaluate --n 100 |")
+    print("| preset | signal | newest checkpoint after the kill | exit code | sample | "
+          f"evaluate --n {args.n} |")
     print("|---|---|---|---|---|---|")
+    kills = {preset: args.kills // len(args.presets) + (i < args.kills % len(args.presets))
+             for i, preset in enumerate(args.presets)}
+    moments = kill_moments(rng)
+    # One at a time, the presets draw from one stream as their kills come; at once, each gets
+    # its share of the same stream up front (the same draws unless a run finished early).
+    plans = ({preset: moments for preset in args.presets} if args.jobs == 1 else
+             {preset: iter([next(moments) for _ in range(kills[preset])]) for preset in args.presets})
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(chaos, preset, kills[preset], STEPS[preset][args.short], work / preset,
+                               plans[preset], args.n) for preset in args.presets]
+        results = [future.result() for future in futures]
     usable, attempts, equal = 0, 0, []
-    for i, preset in enumerate(args.presets):
-        kills = args.kills // len(args.presets) + (i < args.kills % len(args.presets))
-        tried, got, same = chaos(preset, kills, STEPS[preset][args.short], work / preset, rng)
+    for preset, (tried, got, same) in zip(args.presets, results, strict=True):
         usable, attempts = usable + got, attempts + tried
         equal.append(f"{preset}: {'equal' if same else 'DIFFERENT'}")
     print(f"\nusable after the kill: {usable}/{attempts}; resumed to the end vs never stopped: "

@@ -1,5 +1,6 @@
 """DistributedDataParallel through torchrun: two CPU processes (gloo) on localhost."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -19,9 +20,16 @@ COMMON = ["train.log_every=1", "train.sample_every=1000", "train.checkpoint_ever
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n free ports, all different (each held until the others are found)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def env_in(tmp: Path) -> dict[str, str]:
@@ -31,12 +39,24 @@ def env_in(tmp: Path) -> dict[str, str]:
 
 
 def torchrun(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", *args]
-    env = env_in(tmp)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return torchruns(tmp, args)[0]
+
+
+def torchruns(tmp: Path, *jobs: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """Independent torchrun jobs at once (each on its own port), all of which must succeed."""
+    started = []
+    for args, port in zip(jobs, free_ports(len(jobs)), strict=True):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                   "--master_addr=127.0.0.1", f"--master_port={port}", *args]
+        started.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env_in(tmp)))
+    results = []
+    for process in started:
+        stdout, stderr = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return results
 
 
 def test_two_ranks_end_identical_and_match_one_process_at_the_global_batch(tmp_path, mnist_dir):
@@ -66,10 +86,10 @@ def test_cli_under_torchrun_and_resume(tmp_path, mnist_dir):
     random stream back."""
     settings = ["--preset", "seed-000", "--no-progress", "--batch-size", "8", "--set",
                 "train.checkpoint_every=2", "--set", "train.log_every=1", "--set", "train.grid_size=4"]
-    torchrun(tmp_path, "-m", "mnistgan", "train", *settings, "--steps", "8", "--out",
-             str(tmp_path / "whole"))
-    torchrun(tmp_path, "-m", "mnistgan", "train", *settings, "--steps", "4", "--out",
-             str(tmp_path / "half"))
+    # the whole run and the first half of the other one at once: they share nothing
+    train = ("-m", "mnistgan", "train", *settings)
+    torchruns(tmp_path, (*train, "--steps", "8", "--out", str(tmp_path / "whole")),
+              (*train, "--steps", "4", "--out", str(tmp_path / "half")))
     torchrun(tmp_path, "-m", "mnistgan", "train", "--resume", str(tmp_path / "half"), "--steps", "8",
              "--no-progress")
     for name in ("generator.safetensors", "discriminator.safetensors"):

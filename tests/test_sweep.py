@@ -19,12 +19,16 @@ from mnistgan.study import read_study
 from mnistgan.study.results import Summary, bootstrap, verdict, welch_interval
 from mnistgan.study.spec import Range, parse_axis
 
+# Small trials: 100 samples (the least a study takes) and the step run op by op. Compiling it
+# (seed-002's train.compile_step) cost each trial's trainer more than its steps, and the
+# compiled step has tests of its own (test_train: losses, resume); these test the sweep.
 STUDY = """
 base = "seed-002"
 seeds = 2
-samples = 200
+samples = 100
 budget = {{ steps = {steps} }}
-set = ["train.checkpoint_every=50", "train.log_every=50", "train.sample_every=100"]
+set = ["train.checkpoint_every=50", "train.log_every=50", "train.sample_every=100",
+       "train.compile_step=false"]
 
 [axes]
 "train.label_smoothing" = [0.0, 0.1]
@@ -50,8 +54,10 @@ def results(folder: Path) -> list[dict[str, str]]:
 
 def test_a_killed_sweep_resumes_without_rerunning_a_trial_and_its_report_renders(
         tmp_path, mnist_dir, browser):
-    study, out = study_file(tmp_path, steps=600), tmp_path / "study"
-    process = sweep(study, "--out", out, "--jobs", "2")
+    study, out = study_file(tmp_path, steps=300), tmp_path / "study"
+    # two settings (one d_lr) x two seeds: two workers, so two trials start after the first two
+    one_lr = ["--axis", "train.d_lr=1e-3"]
+    process = sweep(study, "--out", out, "--jobs", "2", *one_lr)
     # kill -9 once a trial is done and another is mid-run with a checkpoint
     deadline = time.monotonic() + 300
     while True:
@@ -65,31 +71,31 @@ def test_a_killed_sweep_resumes_without_rerunning_a_trial_and_its_report_renders
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert len(list(out.glob("runs/*/eval.json"))) < 8  # killed mid-way
+    assert len(list(out.glob("runs/*/eval.json"))) < 4  # killed mid-way
 
-    resumed = sweep(study, "--out", out, "--jobs", "2")
+    resumed = sweep(study, "--out", out, "--jobs", "2", *one_lr)
     stdout, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr
     assert "put back trial" in stdout
     rows = results(out)
-    assert len(rows) == 8 and {r["status"] for r in rows} == {"done"}
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
     pairs = {(r["train.label_smoothing"], r["train.d_lr"], r["seed"]) for r in rows}
-    assert len(pairs) == 8  # every (setting, seed) once
-    assert all(r["steps"] == "600" and float(r["fid"]) > 0 for r in rows)
+    assert len(pairs) == 4  # every (setting, seed) once
+    assert all(r["steps"] == "300" and float(r["fid"]) > 0 for r in rows)
     for name in done:  # finished before the kill: not trained again
         assert "resumed" not in (out / "runs" / name / "log.txt").read_text()
     assert any("resumed from step_" in (out / "runs" / name / "log.txt").read_text() for name in mid_run)
 
     # a finished study run again trains nothing and rewrites the same results
-    again = sweep(study, "--out", out)
+    again = sweep(study, "--out", out, *one_lr)
     stdout, _ = again.communicate(timeout=120)
-    assert again.returncode == 0 and "trial" not in stdout.split("\n", 1)[1].split("8 of 8")[0]
+    assert again.returncode == 0 and "trial" not in stdout.split("\n", 1)[1].split("4 of 4")[0]
     assert results(out) == rows
 
     page = browser.new_page()
     page.goto((out / "report.html").resolve().as_uri())
-    assert page.locator("#settings tr").count() == 1 + 4 + 1  # header, four settings, the floor
-    assert page.locator("#trials tr").count() == 1 + 8
+    assert page.locator("#settings tr").count() == 1 + 2 + 1  # header, two settings, the floor
+    assert page.locator("#trials tr").count() == 1 + 4
     for image in ("strip", "best-grid"):
         assert page.evaluate(f"document.getElementById('{image}').naturalWidth") > 100
     verdict_text = page.text_content("#verdict")
@@ -98,7 +104,7 @@ def test_a_killed_sweep_resumes_without_rerunning_a_trial_and_its_report_renders
 
 
 def test_ctrl_c_stops_the_sweep_cleanly_and_the_same_command_continues_it(tmp_path, mnist_dir):
-    study, out = study_file(tmp_path, steps=400), tmp_path / "study"
+    study, out = study_file(tmp_path, steps=200), tmp_path / "study"
     args = [study, "--out", out, "--jobs", "2", "--seeds", "1", "--axis", "train.d_lr=1e-3"]
     process = sweep(*args)
     deadline = time.monotonic() + 300
@@ -139,28 +145,30 @@ def test_a_failed_trial_is_reported_and_run_again_with_retry_failed(tmp_path, mn
 
 def test_two_sweeps_sharing_one_storage_split_the_trials_between_them(tmp_path, mnist_dir):
     study, out = study_file(tmp_path), tmp_path / "shared"
-    first, second = (sweep(study, "--out", out, "--threads", "1") for _ in range(2))
+    # four trials (one seed), claimed from the one queue by both sweeps, started at once
+    first, second = (sweep(study, "--out", out, "--threads", "1", "--seeds", "1") for _ in range(2))
     said = [p.communicate(timeout=600) for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, said
     ran = [[line for line in stdout.splitlines() if line.startswith("trial ")] for stdout, _ in said]
-    assert ran[0] and ran[1] and len(ran[0]) + len(ran[1]) == 8, ran
-    assert len({line.split(" done: ")[1].rsplit(":", 2)[0] for line in ran[0] + ran[1]}) == 8
-    assert len(results(out)) == 8
+    assert ran[0] and ran[1] and len(ran[0]) + len(ran[1]) == 4, ran
+    assert len({line.split(" done: ")[1].rsplit(":", 2)[0] for line in ran[0] + ran[1]}) == 4
+    assert len(results(out)) == 4
 
 
 def test_random_search_draws_from_ranges_and_tpe_queues_every_seed_of_its_draws(tmp_path, mnist_dir):
-    for sampler in ("random", "tpe"):
+    # random: two draws of one seed each; tpe: two draws, each with its second seed queued
+    for sampler, seeds in (("random", ["0", "0"]), ("tpe", ["0", "0", "1", "1"])):
         out = tmp_path / sampler
         code = main(["sweep", "--base", "seed-002", "--axis", "train.d_lr=1e-4:1e-3:log",
                      "--axis", "train.label_smoothing=0,0.1", "--sampler", sampler, "--settings", "2",
-                     "--seeds", "2", "--steps", "20", "--samples", "200", "--out", str(out),
-                     "--jobs", "2"])
+                     "--seeds", str(len(set(seeds))), "--steps", "20", "--samples", "100", "--out",
+                     str(out), "--jobs", "2", "--set", "train.compile_step=false"])
         assert code == 0
         rows = results(out)
-        assert len(rows) == 4
+        assert len(rows) == len(seeds)
         settings = {(r["train.d_lr"], r["train.label_smoothing"]) for r in rows}
         assert len(settings) == 2 and all(1e-4 <= float(lr) <= 1e-3 for lr, _ in settings)
-        assert sorted(r["seed"] for r in rows) == ["0", "0", "1", "1"]
+        assert sorted(r["seed"] for r in rows) == seeds
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:
