@@ -9,12 +9,17 @@ training. After each kill, on the run exactly as it was left:
   side by side, as neither reads what the other writes,
 - `mnistgan train --resume RUN` continues it (the next round, or the last one to the end).
 
+A kill before the first checkpoint leaves nothing to use: then sample and evaluate must refuse
+in one line saying so, and the run starts again from nothing. A signal that lands as the run
+ends may end the process by itself (exit -N) rather than through its handler (128 + N).
+
 At the end the resumed run must equal the reference: the same weights bit for bit and the
-same metric rows (timings aside). Prints a row per kill and the tally; exits 1 if any check
-failed. --jobs 2 works on both presets at once (their rows then interleave).
+same metric rows (timings aside); where they differ, the tensors and the first row are named.
+Prints a row per kill and the tally; exits 1 if any check failed. --jobs 2 works on both
+presets at once (their rows then interleave).
 
     python benchmarks/chaos.py                        # 20 kills over seed-002 and seed-000
-    python benchmarks/chaos.py --kills 4 --short --n 10 --jobs 2   # what the test suite runs
+    python benchmarks/chaos.py --kills 4 --short --n 10   # what the test suite runs
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import contextlib
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,14 +85,29 @@ def newest_step(run: Path) -> int:
     return checkpoint_step(checkpoints[-1]) if checkpoints else 0
 
 
-def same_weights(a: Path, b: Path) -> bool:
+def differences(a: Path, b: Path) -> list[str]:
+    """Where run b differs from run a: tensors of the final weights (with the largest gap)
+    and the first metric row that differs. Empty when they are the same."""
     from safetensors.torch import load_file
 
+    found = []
     for name in ("generator.safetensors", "discriminator.safetensors"):
         wa, wb = load_file(a / name), load_file(b / name)
-        if wa.keys() != wb.keys() or any(not (wa[k] == wb[k]).all() for k in wa):
-            return False
-    return True
+        if wa.keys() != wb.keys():
+            found.append(f"{name}: other tensors")
+            continue
+        for k in wa:
+            if not (wa[k] == wb[k]).all():
+                gap = (wa[k].double() - wb[k].double()).abs().max().item()
+                found.append(f"{name}:{k} (largest gap {gap:.3g})")
+    rows_a, rows_b = metric_rows(a), metric_rows(b)
+    for row_a, row_b in zip(rows_a, rows_b, strict=False):
+        if row_a != row_b:
+            found.append(f"metric row at step {row_a.get('step')}: {row_a} vs {row_b}")
+            break
+    if len(rows_a) != len(rows_b):
+        found.append(f"{len(rows_a)} metric rows vs {len(rows_b)}")
+    return found
 
 
 def kill_moments(rng: random.Random) -> Iterator[tuple[float, signal.Signals]]:
@@ -97,14 +118,14 @@ def kill_moments(rng: random.Random) -> Iterator[tuple[float, signal.Signals]]:
 
 
 def chaos(preset: str, kills: int, steps: int, work: Path, moments: Iterator[tuple[float, signal.Signals]],
-          n: int = 100) -> tuple[int, int, bool]:
+          n: int = 100) -> tuple[int, int, list[str]]:
     """Kill a run of `preset` up to `kills` times, at `moments`; returns (kills, kills that
-    left a usable run, whether the finished run equals the uninterrupted one)."""
+    left a usable run, where the finished run differs from the uninterrupted one)."""
     settings = ["--preset", preset, "--steps", str(steps), "--no-progress", *SETTINGS[preset]]
     ref, run = work / f"{preset}-reference", work / f"{preset}-killed"
     subprocess.run(mnistgan("train", *settings, "--out", ref), check=True, capture_output=True)
     done = usable = 0
-    command = mnistgan("train", *settings, "--out", run)
+    start = command = mnistgan("train", *settings, "--out", run)
     for _ in range(kills):
         if newest_step(run) >= steps:
             break  # finished before this kill: nothing left to interrupt
@@ -117,19 +138,30 @@ def chaos(preset: str, kills: int, steps: int, work: Path, moments: Iterator[tup
         time.sleep(delay)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=600)
-        clean_exit = "Traceback" not in err and proc.returncode in (0, -9, -15, 128 + sig)
+        # A handled signal exits 128 + its number; one that lands as the run ends (its handler
+        # gone) ends the process by the signal itself.
+        clean_exit = "Traceback" not in err and proc.returncode in (0, -sig, 128 + sig)
         (sampled, sample_says), (evaluated, evaluate_says) = run_ok(
             ["sample", run, "--n", "16", "--out", work / "grid.png"], ["evaluate", run, "--n", str(n)])
+        newest = newest_step(run)
+        if newest == 0:
+            # Killed before its first checkpoint: nothing to use yet. Sample and evaluate must
+            # refuse in one line that says so; the run starts again from nothing.
+            sampled = not sampled and "first checkpoint" in sample_says
+            evaluated = not evaluated and "first checkpoint" in evaluate_says
+            shutil.rmtree(run)
+            command = start
+        else:
+            command = mnistgan("train", "--resume", run, "--no-progress")
         ok = clean_exit and sampled and evaluated
         done, usable = done + 1, usable + ok
-        note = "" if ok else f" | {err.strip()[-200:] or sample_says or evaluate_says}"
-        print(f"| {preset} | {signal.Signals(sig).name} | {newest_step(run)} | {proc.returncode} | "
+        said = err.strip()[-200:] or sample_says or evaluate_says
+        note = "" if ok else f" | {said}"
+        print(f"| {preset} | {signal.Signals(sig).name} | {newest} | {proc.returncode} | "
               f"{'ok' if sampled else 'FAILED'} | {'ok' if evaluated else 'FAILED'} |{note}", flush=True)
-        command = mnistgan("train", "--resume", run, "--no-progress")
     if newest_step(run) < steps:
         subprocess.run(command, capture_output=True, check=True)
-    equal = same_weights(ref, run) and metric_rows(ref) == metric_rows(run)
-    return done, usable, equal
+    return done, usable, differences(ref, run)
 
 
 def main() -> None:
@@ -162,13 +194,16 @@ def main() -> None:
         futures = [pool.submit(chaos, preset, kills[preset], STEPS[preset][args.short], work / preset,
                                plans[preset], args.n) for preset in args.presets]
         results = [future.result() for future in futures]
-    usable, attempts, equal = 0, 0, []
-    for preset, (tried, got, same) in zip(args.presets, results, strict=True):
+    usable, attempts, equal, found = 0, 0, [], []
+    for preset, (tried, got, differ) in zip(args.presets, results, strict=True):
         usable, attempts = usable + got, attempts + tried
-        equal.append(f"{preset}: {'equal' if same else 'DIFFERENT'}")
+        equal.append(f"{preset}: {'DIFFERENT' if differ else 'equal'}")
+        found += [f"{preset}: {where}" for where in differ]
     print(f"\nusable after the kill: {usable}/{attempts}; resumed to the end vs never stopped: "
           f"{', '.join(equal)}")
-    if usable < attempts or any("DIFFERENT" in e for e in equal):
+    for where in found[:20]:
+        print(f"  differs: {where}")
+    if usable < attempts or found:
         sys.exit(1)
 
 
