@@ -53,7 +53,10 @@ def measure_preset(preset: str, minutes: float, points: int, n: int, inception_n
     probe_minutes = min(PROBE_MINUTES, minutes / 4)
     probe = train(load_config(preset, [*overrides, f"train.max_minutes={probe_minutes}"]),
                   out=out / f"{preset}-probe", progress=False)
-    rate = probe.steps / (60 * probe_minutes)
+    # The probe's last logged interval, not its whole time: that includes the start-up and,
+    # with train.compile_step, the compiler, and would space the checkpoints too far apart.
+    per_step = probe.last.get("images_per_s", 0) / load_config(preset, overrides).train.batch_size
+    rate = max(per_step, probe.steps / (60 * probe_minutes))
     every = max(1, math.ceil(rate * 60 * minutes / points))
     config = load_config(preset, [*overrides, f"train.max_minutes={minutes}",
                                   f"train.checkpoint_every={every}", "train.keep_checkpoints=1000"])
