@@ -56,6 +56,7 @@ VARIANTS: dict[str, list[str]] = {
     "bfloat16 in D": ["train.precision=bf16-d"],
     "minibatch std in D (groups of 4)": ["discriminator.minibatch_std=4"],
     "4x4 transposed convs in G (no checkerboard)": ["generator.kernels=4,4"],
+    "mode-seeking term in G's loss (weight 0.05)": ["train.mode_seeking=0.05"],
 }
 
 

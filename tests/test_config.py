@@ -81,12 +81,18 @@ def test_switching_architecture_by_override():
     ("generator.output=sigmoid", "does not match data.value_range"),
     ("train.label_smoothing=0.7", "[0, 0.5)"),
     ("train.g_noise=reuse", "needs train.d_batch = 'full'"),
+    ("train.mode_seeking=-1", "0 (off) or more"),
 ])
 def test_bad_overrides_are_clear_errors(override, words):
     with pytest.raises(UserError) as err:
         load_config("seed-001", [override])
     assert words in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_mode_seeking_needs_the_g_steps_own_noise():
+    with pytest.raises(UserError, match="needs train.g_noise = 'fresh'"):
+        load_config("seed-002", ["train.mode_seeking=0.1"])  # text 002's G step reuses D's noise
 
 
 def test_unknown_preset_lists_the_known_ones():

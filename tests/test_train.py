@@ -165,6 +165,49 @@ def test_losses_have_their_textbook_values():
     assert build_loss("wgan-gp").penalty(D, x, x.flip(0)).item() == pytest.approx(0, abs=1e-6)
 
 
+def test_mode_seeking_term_is_small_for_varied_images_and_pushes_alike_ones_apart():
+    from mnistgan.losses import mode_seeking
+
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, -2.0], [3.0, 3.0]])  # pairs (0, 2), (1, 3)
+    fakes = torch.zeros(4, 1, 2, 2)
+    fakes[2:] = 1.5  # every pixel 1.5 apart; the noise 2 apart on average
+    assert mode_seeking(fakes, z, 0.5).item() == pytest.approx(0.5 / (1.5 / 2 + 1e-5))
+    alike = torch.full((4, 1, 2, 2), 0.3)
+    alike[2:] += 1e-3
+    alike.requires_grad_(True)
+    varied = torch.rand(4, 1, 2, 2) * 2 - 1
+    assert mode_seeking(alike, z, 1.0) > 100 * mode_seeking(varied, z, 1.0)
+    mode_seeking(alike, z, 1.0).backward()
+    # Descending the term moves each pair's images apart: the lower one down, the upper up.
+    assert (alike.grad[:2] > 0).all() and (alike.grad[2:] < 0).all()
+
+
+def test_mode_seeking_pairs_share_a_digit_and_enter_gs_loss(mnist_dir):
+    """With train.mode_seeking the G step's labels come in pairs (the batch's halves), so the
+    term compares two images of one digit; G's logged loss is the adversarial loss plus it."""
+    from mnistgan.data import ImageBank
+    from mnistgan.train import GAN
+
+    seen = {}
+
+    def run(weight):
+        config = load_config("best", ["train.batch_size=8", f"train.mode_seeking={weight}"])
+        data = ImageBank.load("mnist", "train", str(mnist_dir), [], config.data.value_range)
+        gan = GAN(config, data, torch.device("cpu"))
+        step = gan.generator_step
+
+        def spy(z, y, fake=None):
+            seen[weight] = y.clone()
+            return step(z, y, fake)
+
+        gan.generator_step = spy
+        return gan.train_step()[1].item()
+
+    plain, seeking = run(0.0), run(2.0)
+    assert torch.equal(seen[2.0][:4], seen[2.0][4:]) and not torch.equal(seen[0.0][:4], seen[0.0][4:])
+    assert seeking > plain + 0.1  # 2 / (image gap / noise gap): the gap ratio is well below 20
+
+
 def test_bf16_autocast_trains(tmp_path, mnist_dir):
     config = tiny("seed-000", steps=2, extra=["train.precision=bf16"])
     run = train(config, out=tmp_path / "bf16", progress=False).run_dir
@@ -395,6 +438,7 @@ def test_a_step_that_cannot_compile_runs_op_by_op_from_the_same_draws(monkeypatc
 @pytest.mark.parametrize("overrides, reason", [
     (["generator.dropout=0.3"], "random numbers"),
     (["train.r1=1"], "penalties"),
+    (["train.mode_seeking=0.1"], "mode-seeking"),
 ])
 def test_a_step_the_graph_does_not_cover_runs_op_by_op_with_a_note(overrides, reason, mnist_dir, capsys):
     from mnistgan.data import ImageBank

@@ -203,6 +203,10 @@ class TrainConfig:
     # Differentiable augmentation of every image D sees, real and fake, in both steps (Zhao et
     # al. 2020, "DiffAugment"): any of "translation", "cutout", "brightness", "contrast".
     augment: list[Augmentation] = field(default_factory=list)
+    # Weight of the mode-seeking term in G's loss (losses.mode_seeking; Mao et al. 2019): the
+    # G step's batch is taken as pairs (its halves, the same digits in a conditional model) and
+    # G is penalised where different noise gives alike images. 0: off.
+    mode_seeking: float = 0.0
     r1: float = 0.0  # gamma of the R1 penalty gamma/2 * |grad_x D(x)|^2 on real images
     # Exponential moving average of G's weights, used for every sample the run produces
     # (grids, evaluation, generator.safetensors); 0: off, e.g. 0.999.
@@ -498,6 +502,11 @@ def check_values(c: Config) -> None:
     need(t.decay >= 0, "train.decay must be 0 or more")
     need(0 < t.lr_gamma <= 1, "train.lr_gamma must be in (0, 1]")
     need(t.instance_noise >= 0, "train.instance_noise must be 0 or more")
+    need(t.mode_seeking >= 0,
+         "train.mode_seeking must be 0 (off) or more: e.g. --set train.mode_seeking=0.05")
+    need(not t.mode_seeking or (t.g_noise == "fresh" and t.batch_size >= 2),
+         "train.mode_seeking pairs the G step's own noise: "
+         "it needs train.g_noise = 'fresh' and batch_size >= 2")
     need(t.r1 >= 0, "train.r1 must be 0 (off) or more: e.g. --set train.r1=1")
     need(0 <= t.ema < 1, f"train.ema = {t.ema} must be in [0, 1): 0 (off) or e.g. 0.999")
     need(len(set(t.augment)) == len(t.augment), "train.augment lists an augmentation twice")

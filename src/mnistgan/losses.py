@@ -95,5 +95,15 @@ LOSSES: dict[str, type] = {
 }
 
 
+def mode_seeking(fakes: torch.Tensor, z: torch.Tensor, weight: float) -> torch.Tensor:
+    """Mao et al. 2019 (MSGAN): weight / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over the pairs
+    (first half, second half) of a batch. Small when different noise makes different images,
+    so adding it to G's loss pushes apart what a collapsing G would make alike."""
+    half = len(z) // 2
+    images = (fakes[:half] - fakes[half:2 * half]).abs().mean()
+    noise = (z[:half] - z[half:2 * half]).abs().mean()
+    return weight / (images / noise + 1e-5)
+
+
 def build_loss(name: str) -> BinaryCrossEntropy | Hinge | LeastSquares | WassersteinGP:
     return LOSSES[name]()

@@ -44,6 +44,8 @@ def unsupported(config: Config, device: torch.device, processes: int) -> str | N
         return "runs fully connected networks only (generator.arch, discriminator.arch = 'mlp')"
     if t.loss == "wgan-gp" or t.r1:
         return "has no gradient penalties (train.loss = 'wgan-gp', train.r1)"
+    if t.mode_seeking:
+        return "has no mode-seeking term (train.mode_seeking)"
     if t.augment or t.instance_noise:
         return "draws no random numbers inside the step (train.augment, train.instance_noise)"
     if config.generator.dropout or config.discriminator.dropout:

@@ -45,7 +45,7 @@ from .distributed import World, any_rank, gather, join, lr_scale, mean_over_rank
 from .errors import Interrupted, UserError
 from .generate import SAMPLE_CHUNK
 from .health import Finding, HealthMonitor, diversity
-from .losses import build_loss
+from .losses import build_loss, mode_seeking
 from .models import build_discriminator, build_generator
 from .noise import sample_noise
 from .run import RunFolder, SilentFolder, default_run_path
@@ -289,6 +289,8 @@ class GAN:
             with self.autocast("G"):
                 fake = self.G_train(z, y).float()
         loss = self.loss.generator(self.judge(fake, y))
+        if self.config.train.mode_seeking:
+            loss = loss + mode_seeking(fake, z, self.config.train.mode_seeking)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._set_lr(self.opt_g, self.config.train.g_lr, self.g_updates)
@@ -308,6 +310,9 @@ class GAN:
             d_stats, z, y, fake = self.discriminator_step()
         if t.g_noise != "reuse":
             z, y, fake = self.noise(t.batch_size), self.labels(t.batch_size), None
+            if t.mode_seeking and y is not None:
+                half = t.batch_size // 2  # each pair of the mode-seeking term: one digit
+                y[half:2 * half] = y[:half]
         g_loss = self.generator_step(z, y, fake)
         self.step += 1
         return torch.cat([d_stats[:1], g_loss.view(1), d_stats[1:]])
