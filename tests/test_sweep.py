@@ -104,9 +104,10 @@ def test_a_killed_sweep_resumes_without_rerunning_a_trial_and_its_report_renders
 
 
 def test_ctrl_c_stops_the_sweep_cleanly_and_the_same_command_continues_it(tmp_path, mnist_dir):
-    """Ctrl-C once the first checkpoint (step 50) exists: 950 steps are left, seconds of work
-    even on a loaded machine (with 200 steps a busy CI host finished the trials first)."""
-    study, out = study_file(tmp_path, steps=1000), tmp_path / "study"
+    """Ctrl-C once the first checkpoint (step 50) exists: 3,950 steps are left, tens of seconds
+    of work (with 200 steps a busy CI host finished the trials before the signal, and with 1,000
+    a host running two trainings beside the suite did)."""
+    study, out = study_file(tmp_path, steps=4000), tmp_path / "study"
     args = [study, "--out", out, "--jobs", "2", "--seeds", "1", "--axis", "train.d_lr=1e-3"]
     process = sweep(*args)
     deadline = time.monotonic() + 300
