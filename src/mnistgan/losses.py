@@ -95,14 +95,27 @@ LOSSES: dict[str, type] = {
 }
 
 
+def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch as the pairs of the mode-seeking term: row i with row half + i (an odd last
+    row has no partner)."""
+    half = len(x) // 2
+    return x[:half], x[half:2 * half]
+
+
+def paired(labels: torch.Tensor) -> torch.Tensor:
+    """Labels whose second half repeats the first, so that each pair of the mode-seeking term
+    shows one digit twice."""
+    first, second = _halves(labels)
+    second.copy_(first)
+    return labels
+
+
 def mode_seeking(fakes: torch.Tensor, z: torch.Tensor, weight: float) -> torch.Tensor:
     """Mao et al. 2019 (MSGAN): weight / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over the pairs
-    (first half, second half) of a batch. Small when different noise makes different images,
-    so adding it to G's loss pushes apart what a collapsing G would make alike."""
-    half = len(z) // 2
-    images = (fakes[:half] - fakes[half:2 * half]).abs().mean()
-    noise = (z[:half] - z[half:2 * half]).abs().mean()
-    return weight / (images / noise + 1e-5)
+    of a batch. Small when different noise makes different images, so adding it to G's loss
+    pushes apart what a collapsing G would make alike."""
+    (f1, f2), (z1, z2) = _halves(fakes), _halves(z)
+    return weight / ((f1 - f2).abs().mean() / (z1 - z2).abs().mean() + 1e-5)
 
 
 def build_loss(name: str) -> BinaryCrossEntropy | Hinge | LeastSquares | WassersteinGP:

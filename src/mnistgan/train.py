@@ -45,7 +45,7 @@ from .distributed import World, any_rank, gather, join, lr_scale, mean_over_rank
 from .errors import Interrupted, UserError
 from .generate import SAMPLE_CHUNK
 from .health import Finding, HealthMonitor, diversity
-from .losses import build_loss, mode_seeking
+from .losses import build_loss, mode_seeking, paired
 from .models import build_discriminator, build_generator
 from .noise import sample_noise
 from .run import RunFolder, SilentFolder, default_run_path
@@ -311,8 +311,7 @@ class GAN:
         if t.g_noise != "reuse":
             z, y, fake = self.noise(t.batch_size), self.labels(t.batch_size), None
             if t.mode_seeking and y is not None:
-                half = t.batch_size // 2  # each pair of the mode-seeking term: one digit
-                y[half:2 * half] = y[:half]
+                y = paired(y)
         g_loss = self.generator_step(z, y, fake)
         self.step += 1
         return torch.cat([d_stats[:1], g_loss.view(1), d_stats[1:]])
