@@ -422,6 +422,23 @@ def report(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    distributed = False
+    try:
+        code = dispatch(args)
+    finally:
+        if args.command == "train":
+            from .distributed import leave
+
+            distributed = leave()
+    if distributed:
+        from .distributed import end_process
+
+        end_process(code)
+    return code
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the command; a user's mistake or an interruption becomes one line and an exit code."""
     handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets,
                "classifier": cmd_classifier, "evaluate": cmd_evaluate,
                "export": cmd_export, "report": cmd_report, "serve": cmd_serve,
@@ -437,8 +454,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         report("interrupted")
         return 130
-    finally:
-        if args.command == "train":
-            from .distributed import leave
-
-            leave()

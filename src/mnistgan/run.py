@@ -120,6 +120,8 @@ class RunFolder:
         self._lock = _lock(self.path)
 
     def release(self) -> None:
+        if self._tb is not None:
+            self._tb.close()  # flushed now: a distributed rank ends without Python's shutdown
         if self._lock is not None:
             self._lock.close()  # closing the file releases the OS lock
             self._lock = None
@@ -164,8 +166,6 @@ class RunFolder:
         if rows:
             viz.plot_losses(rows, self.losses, title=title)
         viz.save_comparison(real, fake, self.comparison)
-        if self._tb is not None:
-            self._tb.close()
 
 
 class SilentFolder:

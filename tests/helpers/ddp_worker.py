@@ -7,7 +7,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from mnistgan import load_config
-from mnistgan.distributed import leave
+from mnistgan.distributed import end_process, leave
 from mnistgan.run import RunFolder
 from mnistgan.train import GAN, Loop, _join, _load_data
 
@@ -22,3 +22,4 @@ state = {f"G.{k}": v for k, v in gan.G.state_dict().items()}
 state |= {f"D.{k}": v for k, v in gan.D.state_dict().items()}
 save_file({k: v.contiguous() for k, v in state.items()}, Path(dump) / f"rank{world.rank}.safetensors")
 leave()
+end_process(0)
