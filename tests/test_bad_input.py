@@ -94,6 +94,7 @@ CASES = {
     "NaN samples": (case("evaluate", "{root}/float.npy"), "evaluate wants (N, 28, 28) uint8"),
     "too few samples": (case("evaluate", "{root}/few.npy"), "too few"),
     "bad --digits": (case("evaluate", "{root}/run", "--digits", "3,x"), "'x' is not a digit"),
+    "zero --threads": (case("evaluate", "{root}/run", "--threads", "0"), "must be at least 1"),
     "unwritable --json": (case("evaluate", "{root}/run", "--json", f"{FORBIDDEN}/s.json"), "cannot write"),
     # export
     "--onnx not .onnx": (case("export", "{root}/run", "--onnx", "{root}/g.txt"), "ending in .onnx"),

@@ -180,8 +180,16 @@ def test_unconditional_generator_refuses_a_digit(tmp_path, mnist_dir, capsys):
 
 
 def test_evaluate_reports_conditional_accuracy(conditional_run, tmp_path, capsys):
+    import torch
+
     out = tmp_path / "eval.json"
-    assert main(["evaluate", str(conditional_run), "--n", "200", "--json", str(out)]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["evaluate", str(conditional_run), "--n", "200", "--json", str(out),
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     table = capsys.readouterr().out
     assert "conditional accuracy" in table
     import json

@@ -134,6 +134,9 @@ def build_parser() -> Parser:
     p.add_argument("--inception", action="store_true",
                    help="also the papers' Inception-FID against the test set (pip install "
                         "'mnistgan[inception]'; minutes on a CPU, the first time many more)")
+    p.add_argument("--threads", type=positive_int,
+                   help="CPU threads for PyTorch (default: one per core; with other work on the "
+                        "machine, give the number of idle cores)")
 
     p = sub.add_parser("classifier", help="the reference classifier behind the metrics")
     csub = p.add_subparsers(dest="classifier_command", required=True, parser_class=Parser)
@@ -321,6 +324,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .metrics.inception import network_path
 
         network_path()  # the extra is missing: say so before any work
+    if args.threads:
+        torch.set_num_threads(args.threads)
     images, run_digits, labels, gen = load_images(args.source, args.n, args.seed)
     recorded = gen.config.data.dir if gen is not None else ""
     result = evaluate(torch.from_numpy(images), run_digits if digits is None else digits,
