@@ -180,8 +180,6 @@ def test_unconditional_generator_refuses_a_digit(tmp_path, mnist_dir, capsys):
 
 
 def test_evaluate_reports_conditional_accuracy(conditional_run, tmp_path, capsys):
-    import torch
-
     out = tmp_path / "eval.json"
     threads = torch.get_num_threads()
     try:

@@ -427,17 +427,13 @@ def report(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    distributed = False
+    from .distributed import end_process, leave
+
     try:
         code = dispatch(args)
     finally:
-        if args.command == "train":
-            from .distributed import leave
-
-            distributed = leave()
-    if distributed:
-        from .distributed import end_process
-
+        closed_a_group = args.command == "train" and leave()
+    if closed_a_group:
         end_process(code)
     return code
 
