@@ -66,7 +66,7 @@ CASES = {
     "zero steps": (case("train", "--steps", "0"), "must be at least 1"),
     "negative minibatch std": (case("train", "--preset", "best", "--set", "discriminator.minibatch_std=-4"),
                                "minibatch_std must be 0 (off) or a group size"),
-    "even kernel, nearest upsampling": (case("train", "--preset", "best", "--set", "generator.kernels=4,4",
+    "even kernel, nearest upsampling": (case("train", "--preset", "best", "--set", "generator.kernels=4,4,3",
                                              "--set", "generator.upsample_mode=nearest"), "must be odd"),
     "unwritable --out": (case("train", "--steps", "1", "--out", f"{FORBIDDEN}/run"), "cannot write"),
     "--out a used folder": (case("train", "--steps", "1", "--out", "{root}/run"), "not empty"),

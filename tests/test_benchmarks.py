@@ -22,12 +22,12 @@ def run_script(name, *args, timeout=600):
 def test_ablation_reports_every_seed_and_the_spread_over_seeds(tmp_path, mnist_dir):
     # two trials at once on a thread each (faster on two cores than one trial on both)
     out = run_script("ablation.py", "--epochs", "0.01", "--seeds", "2", "--n", "100", "--jobs", "2",
-                     "--out", str(tmp_path), "--variants", "best, as shipped", "two D steps per G step")
+                     "--out", str(tmp_path), "--variants", "best, as shipped", "one D step per G step")
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     per_seed = [r for r in rows if r.split("|")[2].strip() in ("0", "1")]
     assert len(per_seed) == 4  # two variants x two seeds
     summary = [r for r in rows if "±" in r]
-    assert len(summary) == 2 and "train.d_steps=2" in summary[1]
+    assert len(summary) == 2 and "train.d_steps=1" in summary[1]
     assert rows[-1].startswith("| real floor")
     # a study of mnistgan sweep: a run folder per trial, its results and report
     assert len(list((tmp_path / "runs").iterdir())) == 4

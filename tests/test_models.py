@@ -185,7 +185,7 @@ def test_minibatch_std_feature_is_the_mean_group_standard_deviation():
 
 
 def test_transposed_upsampling_takes_an_even_kernel_without_a_checkerboard():
-    config = load_config("best", ["generator.kernels=4,4"])
+    config = load_config("best", ["generator.kernels=4,4,3"])
     G = build_generator(config)
     assert G(torch.randn(3, 64), torch.arange(3)).shape == (3, 1, 28, 28)
     # Each interior pixel of a 4x4 stride-2 transposed conv sums 2x2 taps: with all-ones
@@ -197,7 +197,7 @@ def test_transposed_upsampling_takes_an_even_kernel_without_a_checkerboard():
     out = single(torch.ones(1, 1, 7, 7))[0, 0, 1:-1, 1:-1]
     assert out.shape == (12, 12) and torch.all(out == 4)
     with pytest.raises(UserError, match="must be odd"):
-        load_config("best", ["generator.kernels=4,4", "generator.upsample_mode=nearest"])
+        load_config("best", ["generator.kernels=4,4,3", "generator.upsample_mode=nearest"])
 
 
 def test_dense_on_onednn_computes_what_linear_computes_gradients_of_gradients_too():
