@@ -43,8 +43,11 @@ def study_file(tmp_path: Path, steps: int = 100) -> Path:
 
 
 def sweep(*args: str) -> subprocess.Popen:
+    # Ctrl-C as a terminal delivers it: a shell's background job (`nohup ... &`) starts with
+    # SIGINT ignored, which children inherit, and Python then never raises KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-m", "mnistgan", "sweep", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def results(folder: Path) -> list[dict[str, str]]:
