@@ -29,11 +29,10 @@ import torch
 from mnistgan.study import Study, sweep
 from mnistgan.study.spec import check
 
+WITHOUT_28X28_CONV = ["generator.channels=64,32", "generator.kernels=3,3", "generator.upsample=true,true"]
 # The preset before issue 19's stack (2026-12-03): the reference of BENCHMARKS.md's earlier
 # `best` rows, so that their commands still reproduce them.
-BEST_UNTIL_2026_12_03 = ["train.d_steps=1", "train.ema=0.999", "train.mode_seeking=0",
-                         "generator.channels=64,32", "generator.kernels=3,3",
-                         "generator.upsample=true,true"]
+BEST_UNTIL_2026_12_03 = ["train.d_steps=1", "train.ema=0.999", "train.mode_seeking=0", *WITHOUT_28X28_CONV]
 
 VARIANTS: dict[str, list[str]] = {
     "best, as shipped": [],
@@ -48,8 +47,7 @@ VARIANTS: dict[str, list[str]] = {
     "one D step per G step": ["train.d_steps=1"],
     "three D steps per G step": ["train.d_steps=3"],
     "without the mode-seeking term": ["train.mode_seeking=0"],
-    "without the 28x28 conv in G": ["generator.channels=64,32", "generator.kernels=3,3",
-                                    "generator.upsample=true,true"],
+    "without the 28x28 conv in G": WITHOUT_28X28_CONV,
     "with DiffAugment (translation, cutout)": ["train.augment=translation,cutout"],
     "with R1 penalty (gamma 1)": ["train.r1=1.0"],
     "nearest upsampling + conv, not transposed convs": ["generator.upsample_mode=nearest"],
