@@ -85,8 +85,10 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every variant (e.g. train.lr_schedule=cosine)")
     parser.add_argument("--jobs", type=int, default=1, help="trials at once, the cores split")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="ablation-")))
+    parser.add_argument("--out", type=Path, help="folder for the runs (default: a new temporary one)")
     args = parser.parse_args()
+    # Made here, not as the default: a default is evaluated (and the folder made) on every call.
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="ablation-"))
     study = check(Study(
         name="ablation", base="best", axes={}, variants={v: VARIANTS[v] for v in args.variants},
         budget=("epochs", args.epochs), overrides=args.set, seeds=list(range(args.seeds)),

@@ -153,8 +153,10 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every preset (e.g. train.threads=2)")
     parser.add_argument("--png", type=Path, default=Path("quality.png"))
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="quality-")))
+    parser.add_argument("--out", type=Path, help="folder for the runs (default: a new temporary one)")
     args = parser.parse_args()
+    # Made here, not as the default: a default is evaluated (and the folder made) on every call.
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="quality-"))
     print("| preset | step | minutes | FID (classifier) | Inception-FID |")
     print("|---|---|---|---|---|")
     curves = [measure_preset(p, args.minutes, args.points, args.n, args.inception_n,

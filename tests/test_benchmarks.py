@@ -147,3 +147,23 @@ def test_compile_step_times_both_settings_and_their_ratio(mnist_dir):
     # The cells are rounded (rates to 0.1, the ratio to 0.01): allow exactly that much.
     rounding = 0.005 + ratio * (0.05 / eager + 0.05 / compiled)
     assert ratio == pytest.approx(compiled / eager, abs=rounding)
+
+
+def test_command_line_ab_alternates_the_arms_and_reports_each_runs_time(mnist_dir):
+    out = run_script("command_line_ab.py", "--preset", "seed-002", "--steps", "30", "--rounds", "2",
+                     "--arms", "train.reuse_memory=false", "train.reuse_memory=true train.threads=1")
+    rows = [line for line in out.splitlines() if line.startswith("| train.")]
+    assert [r.split("|")[1].strip() for r in rows] == ["train.reuse_memory=false",
+                                                       "train.reuse_memory=true train.threads=1"]
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        assert float(cells[0]) > 0 and int(cells[4].replace(",", "")) > 0
+        assert len(cells[5].split(", ")) == 2  # one training time per round
+
+
+def test_command_line_ab_names_a_run_that_did_not_finish(tmp_path, mnist_dir):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "command_line_ab.py"), "--preset", "seed-002",
+                           "--steps", "10", "--rounds", "1", "--arms", "train.no_such_knob=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "no_such_knob" in done.stderr.strip().splitlines()[-1], done.stderr

@@ -250,6 +250,11 @@ class TrainConfig:
     # "onednn" (AVX-512 on AMD processors too: 2x MKL's rate on this project's CPU) or "blas"
     # (PyTorch's default, MKL). Same products; they differ in rounding only.
     dense_kernel: DenseKernel = "onednn"
+    # Keep the memory a step frees on the heap for the next step (glibc's mallopt, for the whole
+    # process once a run asks): otherwise each step maps its large blocks afresh and faults their
+    # pages in. Same arithmetic, same peak memory; faster steps for `best` and seed-001 here
+    # (BENCHMARKS.md). No effect without glibc (macOS, musl).
+    reuse_memory: bool = True
     # Capture the whole step (both updates, their backward passes and Adam) as one compiled
     # graph on the first step (step_graph.py): the same arithmetic without PyTorch's per-op
     # dispatch. Fully connected networks on the CPU (any train.precision) without dropout,

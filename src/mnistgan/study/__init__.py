@@ -17,11 +17,12 @@ The study folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..atomic import atomic_write
@@ -78,22 +79,20 @@ def sweep(study: Study, out: str | Path | None = None, jobs: int = 1, threads: i
     for done in finished:
         threading.Thread(target=work, args=(done,), name="trial-worker", daemon=True).start()
     interrupted = False
-    try:
-        for done in finished:
-            while not done.wait(0.5):
-                pass
-    except KeyboardInterrupt:
-        interrupted = True
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainers are checkpointing
-        say("stopping: the running trials save a checkpoint first")
-        stop.set()
+    with _ctrl_c_raises():
         try:
             for done in finished:
+                while not done.wait(0.5):
+                    pass
+        except KeyboardInterrupt:
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainers are checkpointing
+            say("stopping: the running trials save a checkpoint first")
+            stop.set()
+            for done in finished:
                 done.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        # Their trials stopped at a checkpoint: back in the queue now, one at a time.
-        Worker(study, optuna_study, folder, threads, data_dir, say, stop).requeue_dead()
+            # Their trials stopped at a checkpoint: back in the queue now, one at a time.
+            Worker(study, optuna_study, folder, threads, data_dir, say, stop).requeue_dead()
     rows = trial_rows(study, optuna_study)
     running = len(optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     write_csv(rows, folder / "results.csv")
@@ -112,6 +111,21 @@ def sweep(study: Study, out: str | Path | None = None, jobs: int = 1, threads: i
         + (f", {running} running elsewhere" if running else "")
         + f": {folder / 'results.csv'}, {report}")
     return folder / "results.csv"
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here even if the sweep inherited it ignored: a shell's
+    background job (`nohup mnistgan sweep ... &`) starts that way, and `kill -INT` should stop a
+    sweep as it stops a `mnistgan train` (whose own handler does not care how it started)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _total(study: Study) -> int:
