@@ -252,8 +252,8 @@ class TrainConfig:
     dense_kernel: DenseKernel = "onednn"
     # Keep the memory a step frees on the heap for the next step (glibc's mallopt, for the whole
     # process once a run asks): otherwise each step maps its large blocks afresh and faults their
-    # pages in. Same arithmetic, same peak memory; faster steps for `best` and seed-001 here
-    # (BENCHMARKS.md). No effect without glibc (macOS, musl).
+    # pages in (a tenth of `best`'s CPU time went there). Same arithmetic, same peak memory.
+    # BENCHMARKS.md has the A/B. No effect without glibc (macOS, musl).
     reuse_memory: bool = True
     # Capture the whole step (both updates, their backward passes and Adam) as one compiled
     # graph on the first step (step_graph.py): the same arithmetic without PyTorch's per-op
