@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FINISHED = re.compile(r"finished (\d+) steps; this session ([\d.]+) s")
+FINISHED = re.compile(r"finished \d+ steps; this session ([\d.]+) s")
 
 
 def run_once(preset: str, steps: int, overrides: list[str], out: Path) -> dict[str, float]:
@@ -39,7 +39,7 @@ def run_once(preset: str, steps: int, overrides: list[str], out: Path) -> dict[s
     match = FINISHED.search((out / "log.txt").read_text(encoding="utf-8"))
     if match is None:
         raise SystemExit(f"{out}/log.txt has no 'finished ... steps' line: did the run stop early?")
-    return {"train_s": float(match.group(2)), "wall_s": wall,
+    return {"train_s": float(match.group(1)), "wall_s": wall,
             "sys_s": after.ru_stime - before.ru_stime,
             "faults": after.ru_minflt - before.ru_minflt}
 
