@@ -95,6 +95,9 @@ CASES = {
     "too few samples": (case("evaluate", "{root}/few.npy"), "too few"),
     "bad --digits": (case("evaluate", "{root}/run", "--digits", "3,x"), "'x' is not a digit"),
     "zero --threads": (case("evaluate", "{root}/run", "--threads", "0"), "must be at least 1"),
+    "--draws of a fixed .npy": (case("evaluate", "{root}/few.npy", "--draws", "2"),
+                                "needs a generator to draw from"),
+    "zero --draws": (case("evaluate", "{root}/run", "--draws", "0"), "must be at least 1"),
     "unwritable --json": (case("evaluate", "{root}/run", "--json", f"{FORBIDDEN}/s.json"), "cannot write"),
     # export
     "--onnx not .onnx": (case("export", "{root}/run", "--onnx", "{root}/g.txt"), "ending in .onnx"),

@@ -197,6 +197,29 @@ def test_evaluate_reports_conditional_accuracy(conditional_run, tmp_path, capsys
     assert result["real"]["conditional_accuracy"] > 0.97  # the classifier on real digits
 
 
+def test_evaluate_over_draws_gives_each_scores_mean_and_spread(conditional_run, tmp_path, capsys):
+    import json
+
+    def scores(*extra: str) -> dict:
+        out = tmp_path / "eval.json"
+        assert main(["evaluate", str(conditional_run), "--n", "200", "--threads", "1",
+                     "--json", str(out), *extra]) == 0
+        return json.loads(out.read_text())
+
+    singles = [scores("--seed", str(seed))["generated"] for seed in (5, 6, 7)]
+    capsys.readouterr()
+    pooled = scores("--seed", "5", "--draws", "3")
+    assert "mean ± standard deviation over 3 draws of 200 samples" in capsys.readouterr().out
+    assert pooled["draws"] == 3 and pooled["samples"] == 200
+    for key in ("fid", "recall", "conditional_accuracy", "fid_3"):
+        values = torch.tensor([single[key] for single in singles], dtype=torch.float64)
+        assert pooled["generated"][key] == pytest.approx(values.mean().item(), rel=1e-9)
+        assert pooled["generated_sd"][key] == pytest.approx(values.std().item(), rel=1e-9)
+    assert pooled["generated_sd"]["fid"] > 0  # three different draws
+    mean_fids = {d: pooled["generated"][f"fid_{d}"] for d in range(10) if f"fid_{d}" in pooled["generated"]}
+    assert pooled["generated"]["worst_digit"] == max(mean_fids, key=mean_fids.get)
+
+
 def test_conditional_accuracy_counts_agreement_with_the_asked_digit(mnist_dir):
     from mnistgan.data import load_split
     from mnistgan.metrics import evaluate_images

@@ -16,6 +16,8 @@ from .data import CLASSES, check_digits
 from .errors import Interrupted, UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .generate import TrainedGenerator
 
 
@@ -124,6 +126,9 @@ def build_parser() -> Parser:
     p.add_argument("source", help="run folder, generator .safetensors, or an (N, 28, 28) uint8 .npy")
     p.add_argument("--n", type=positive_int, default=10000, help="samples to draw (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--draws", type=positive_int, default=1,
+                   help="score this many draws of --n samples (seeds SEED, SEED+1, ...) and print "
+                        "each score's mean ± standard deviation over them (default 1)")
     p.add_argument("--digits", help="reference digits (default: the run's, or all for .npy)")
     p.add_argument("--json", type=Path,
                    help="also write the results as JSON here (a run folder always gets RUN/eval.json)")
@@ -283,11 +288,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_images(source: str, n: int, seed: int
-                ) -> tuple[np.ndarray, list[int], np.ndarray | None, TrainedGenerator | None]:
-    """Images to evaluate, the digits the source was trained on, for a conditional generator
-    the digit each image was asked to be, and the generator (None for an .npy file)."""
+Draw = tuple[np.ndarray, np.ndarray | None]  # images, and the digit each was asked to be
+
+
+def load_images(source: str, n: int, seeds: Sequence[int]
+                ) -> tuple[list[Draw], list[int], TrainedGenerator | None]:
+    """Images to evaluate, one draw per seed (with, for a conditional generator, the digit each
+    image was asked to be), the digits the source was trained on, and the generator (None for
+    an .npy file, whose images are the one draw)."""
     if source.endswith(".npy"):
+        if len(seeds) > 1:
+            raise UserError(f"--draws {len(seeds)} needs a generator to draw from: {source} is one "
+                            "fixed set of images (give a run folder or a generator .safetensors)")
         try:
             images = np.load(source, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -297,11 +309,13 @@ def load_images(source: str, n: int, seed: int
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
             raise UserError(f"{source} holds a {images.dtype} array of shape {images.shape}: "
                             "evaluate wants (N, 28, 28) uint8, as `mnistgan sample --npy` writes")
-        return images[:n], [], None, None
+        return [(images[:n], None)], [], None
     gen = open_generator(source)
-    labels = gen.labels(n, seed=seed)
-    return (gen.sample(n, seed=seed), list(gen.config.data.digits),
-            None if labels is None else labels.cpu().numpy(), gen)
+    draws = []
+    for seed in seeds:
+        labels = gen.labels(n, seed=seed)
+        draws.append((gen.sample(n, seed=seed), None if labels is None else labels.cpu().numpy()))
+    return draws, list(gen.config.data.digits), gen
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -326,12 +340,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         network_path()  # the extra is missing: say so before any work
     if args.threads:
         torch.set_num_threads(args.threads)
-    images, run_digits, labels, gen = load_images(args.source, args.n, args.seed)
+    draws, run_digits, gen = load_images(args.source, args.n,
+                                         range(args.seed, args.seed + args.draws))
     recorded = gen.config.data.dir if gen is not None else ""
-    result = evaluate(torch.from_numpy(images), run_digits if digits is None else digits,
-                      local_data_dir(args.data_dir, recorded),
-                      None if labels is None else torch.from_numpy(labels), inception=args.inception,
-                      dataset=args.dataset or (gen.config.data.dataset if gen is not None else "mnist"))
+    tensors = [(torch.from_numpy(images), None if labels is None else torch.from_numpy(labels))
+               for images, labels in draws]
+    result = evaluate(tensors[0][0], run_digits if digits is None else digits,
+                      local_data_dir(args.data_dir, recorded), tensors[0][1], inception=args.inception,
+                      dataset=args.dataset or (gen.config.data.dataset if gen is not None else "mnist"),
+                      more_draws=tensors[1:])
     result["source"] = args.source
     if gen is not None:
         result["step"] = gen.step

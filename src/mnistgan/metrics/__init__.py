@@ -196,32 +196,59 @@ def evaluate_images(images_u8: torch.Tensor, digits: Sequence[int] = (),
 
 def evaluate(images_u8: torch.Tensor, digits: Sequence[int] = (),
              data_dir: str | Path | None = None, labels: torch.Tensor | None = None,
-             inception: bool = False, dataset: str = "mnist") -> dict:
+             inception: bool = False, dataset: str = "mnist",
+             more_draws: Sequence[tuple[torch.Tensor, torch.Tensor | None]] = ()) -> dict:
     """Every metric for the generated images and, as the floor, for as many held-out real
     images (at most all of them), plus the class histogram of the generated images. `labels`:
     the digits a conditional generator was asked for (the floor then uses the real labels).
     Everything is measured against `dataset` (its test set, its classifier); `inception`: also
-    the papers' Inception-FID (optional extra)."""
-    check_count(images_u8)
+    the papers' Inception-FID (optional extra).
+
+    `more_draws`: further (images, labels) sets drawn from the same generator with other
+    seeds. Each score is then the mean over all the draws, `generated_sd` holds its standard
+    deviation across them (the scores' sampling noise) and the histogram is their sum."""
+    draws = [(images_u8, labels), *more_draws]
+    for images, _ in draws:
+        check_count(images)
     ref = reference(digits, data_dir, dataset)
     n_real = min(len(images_u8), len(ref.heldout))
-    counts = scores.class_histogram(FeatureSet.of(images_u8, ref.classifier).probs)
-    generated = compute(images_u8, ref, labels=labels)
+    counts = sum(scores.class_histogram(FeatureSet.of(images, ref.classifier).probs)
+                 for images, _ in draws)
+    per_draw = [compute(images, ref, labels=y) for images, y in draws]
     real_labels = ref.heldout_labels[:n_real] if labels is not None else None
     real = compute(ref.heldout[:n_real], ref, labels=real_labels)
     if inception:
         from .inception import inception_fid
 
-        generated["inception_fid"], real["inception_fid"] = inception_fid(
-            images_u8, ref.digits, n_real, dataset, data_dir)
-    return {
+        for (images, _), generated in zip(draws, per_draw, strict=True):
+            generated["inception_fid"], real["inception_fid"] = inception_fid(
+                images, ref.digits, n_real, dataset, data_dir)
+    result = {
         "samples": len(images_u8),
         "real_samples": n_real,
         "digits": list(ref.digits),
-        "generated": generated,
+        "generated": per_draw[0],
         "real": real,
         "histogram": counts.tolist(),
     }
+    if more_draws:
+        result |= {"draws": len(draws)} | _mean_and_sd(per_draw)
+    return result
+
+
+def _mean_and_sd(per_draw: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each score's mean and standard deviation over draws; the worst digit is the one whose
+    mean FID is highest."""
+    keys = [k for k in per_draw[0] if k not in ("worst_digit", "worst_digit_fid")
+            and all(k in draw for draw in per_draw)]
+    values = torch.tensor([[draw[k] for k in keys] for draw in per_draw], dtype=torch.float64)
+    mean = dict(zip(keys, values.mean(0).tolist(), strict=True))
+    sd = dict(zip(keys, values.std(0).tolist(), strict=True))
+    measured = [k for k in keys if k.startswith("fid_")]
+    if measured:
+        worst = max(measured, key=mean.__getitem__)
+        mean |= {"worst_digit": float(worst[len("fid_"):]), "worst_digit_fid": mean[worst]}
+    return {"generated": mean, "generated_sd": sd}
 
 
 ROWS = [
@@ -244,16 +271,24 @@ OPTIONAL_ROWS = [("Inception-FID ↓", "inception_fid", None),
 
 def format_table(result: dict) -> str:
     """One table: metric | generated | real (floor); then the class histogram."""
-    def cell(values: dict[str, float], key: str, std: str | None) -> str:
+    def cell(values: dict[str, float], key: str, std: str | None,
+             spread: dict[str, float] | None = None) -> str:
         text = f"{values[key]:.4f}" if abs(values[key]) < 100 else f"{values[key]:.1f}"
+        if spread is not None:  # several draws: the spread across them, not within one
+            return f"{text} ± {spread[key]:.4f}"
         return f"{text} ± {values[std]:.4f}" if std else text
 
-    gen, real = result["generated"], result["real"]
-    head = (f"{'metric':30s} {'generated (' + str(result['samples']) + ')':>24s} "
+    gen, real, spread = result["generated"], result["real"], result.get("generated_sd")
+    draws = result.get("draws", 1)
+    samples = f"{draws} x {result['samples']}" if draws > 1 else str(result["samples"])
+    head = (f"{'metric':30s} {'generated (' + samples + ')':>24s} "
             f"{'real floor (' + str(result['real_samples']) + ')':>24s}")
     lines = [head, "-" * len(head)]
     for label, key, std in ROWS + [row for row in OPTIONAL_ROWS if row[1] in gen]:
-        lines.append(f"{label:30s} {cell(gen, key, std):>24s} {cell(real, key, std):>24s}")
+        lines.append(f"{label:30s} {cell(gen, key, std, spread):>24s} {cell(real, key, std):>24s}")
+    if draws > 1:
+        lines.append(f"generated: mean ± standard deviation over {draws} draws of {result['samples']} "
+                     "samples (the scores' sampling noise)")
     total = max(sum(result["histogram"]), 1)
     lines.append("")
     lines.append("generated digits: " + "  ".join(
