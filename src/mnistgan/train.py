@@ -13,7 +13,6 @@ steps per G step, pre-training) comes from the config; this file knows no preset
 
 from __future__ import annotations
 
-import ctypes
 import math
 import signal
 import sys
@@ -47,6 +46,7 @@ from .errors import Interrupted, UserError
 from .generate import SAMPLE_CHUNK
 from .health import Finding, HealthMonitor, diversity
 from .losses import build_loss, mode_seeking, paired
+from .memory import keep_freed_memory
 from .models import build_discriminator, build_generator
 from .noise import sample_noise
 from .run import RunFolder, SilentFolder, default_run_path
@@ -482,26 +482,6 @@ def _join(config: Config) -> tuple[World, torch.device]:
     if config.train.reuse_memory:
         keep_freed_memory()
     return join(resolve_device(config.train.device))
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_freed_memory() -> None:
-    """Have glibc keep the memory a step frees for the next step, for this process
-    (`train.reuse_memory`).
-
-    By default glibc maps large blocks (a batch's activations and gradients) freshly from the
-    system and unmaps them when freed, so every step faults their pages in again: `best` took
-    ~10,000 page faults a step and 9 % of its CPU time in the kernel. Elsewhere (macOS, musl,
-    Windows) there is nothing to tune."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest: blocks below 32 MB come from the heap
-    mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # and the heap is not shrunk between steps
 
 
 def _load_data(config: Config, data_dir: str | Path | None, world: World) -> tuple[ImageBank, int]:
