@@ -32,7 +32,8 @@ from mnistgan.study.spec import check
 WITHOUT_28X28_CONV = ["generator.channels=64,32", "generator.kernels=3,3", "generator.upsample=true,true"]
 # The preset before issue 19's stack (2026-12-03): the reference of BENCHMARKS.md's earlier
 # `best` rows, so that their commands still reproduce them.
-BEST_UNTIL_2026_12_03 = ["train.d_steps=1", "train.ema=0.999", "train.mode_seeking=0", *WITHOUT_28X28_CONV]
+BEST_UNTIL_2026_12_03 = ["train.d_steps=1", "train.ema=0.999", "train.mode_seeking=0", *WITHOUT_28X28_CONV,
+                         "train.standing_stats=0"]
 
 VARIANTS: dict[str, list[str]] = {
     "best, as shipped": [],
@@ -43,6 +44,7 @@ VARIANTS: dict[str, list[str]] = {
     "one learning rate (2e-4 both), not TTUR": ["train.d_lr=2e-4", "train.g_lr=2e-4"],
     "TTUR with D the faster (D 4e-4, G 1e-4)": ["train.d_lr=4e-4", "train.g_lr=1e-4"],
     "without EMA of G": ["train.ema=0"],
+    "without standing batch-norm statistics": ["train.standing_stats=0"],
     "EMA decay 0.999": ["train.ema=0.999"],
     "one D step per G step": ["train.d_steps=1"],
     "three D steps per G step": ["train.d_steps=3"],

@@ -232,7 +232,7 @@ def test_conditional_accuracy_counts_agreement_with_the_asked_digit(mnist_dir):
 
 
 def test_ema_decay_ramps_up_from_the_first_updates():
-    from mnistgan.train import ema_with_warmup
+    from mnistgan.average import ema_with_warmup
 
     update = ema_with_warmup(0.999)
     averaged, current = [torch.zeros(3)], [torch.ones(3)]

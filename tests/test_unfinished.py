@@ -42,6 +42,15 @@ def unfinished_best(tmp_path_factory, mnist_dir):
     return killed(train(config, out=out, progress=False).run_dir)
 
 
+def assert_is_the_average(sampled: dict[str, torch.Tensor], state: dict) -> None:
+    """G's moving average's weights, with its standing batch-norm statistics (`best` keeps
+    train.standing_stats; tests/test_average.py checks their values)."""
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    for key, value in sampled.items():
+        same = torch.equal(value, state["G_ema"][f"module.{key}"])
+        assert same != key.endswith(statistics), key
+
+
 def test_sample_reads_the_newest_checkpoint_and_its_ema_generator(unfinished_best, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["sample", str(unfinished_best), "--n", "8", "--out", str(out)]) == 0
@@ -51,8 +60,7 @@ def test_sample_reads_the_newest_checkpoint_and_its_ema_generator(unfinished_bes
     assert out.stat().st_size > 0
     gen = load_generator(unfinished_best)
     state = read_checkpoint(list_checkpoints(unfinished_best / "checkpoints")[-1])["gan"]
-    for key, value in gen.net.state_dict().items():
-        assert torch.equal(value, state["G_ema"][f"module.{key}"]), key
+    assert_is_the_average(gen.net.state_dict(), state)
 
 
 def test_evaluate_takes_an_unfinished_run_and_keeps_its_scores_in_it(unfinished_best, capsys):
@@ -68,9 +76,7 @@ def test_any_checkpoint_folder_is_a_generator_source(unfinished_best, capsys):
     first = list_checkpoints(unfinished_best / "checkpoints")[0]  # step 2, not the newest
     gen = load_generator(first)
     assert gen.step == 2 and "(the moving average of G)" in gen.origin
-    state = read_checkpoint(first)["gan"]
-    for key, value in gen.net.state_dict().items():
-        assert torch.equal(value, state["G_ema"][f"module.{key}"]), key
+    assert_is_the_average(gen.net.state_dict(), read_checkpoint(first)["gan"])
     before = sorted(p.name for p in first.iterdir())
     assert main(["evaluate", str(first), "--n", "100"]) == 0
     assert f"using checkpoint {first}" in capsys.readouterr().err

@@ -211,6 +211,9 @@ class TrainConfig:
     # Exponential moving average of G's weights, used for every sample the run produces
     # (grids, evaluation, generator.safetensors); 0: off, e.g. 0.999.
     ema: float = 0.0
+    # Batches of fresh noise whose batch-norm statistics replace the sampling generator's
+    # moving ones (average.standing_statistics: BigGAN's "standing statistics"); 0: off.
+    standing_stats: int = 0
     d_steps: int = 1  # D updates per G update
     label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - this
     # "half": batch_size/2 real + batch_size/2 fake (texts 000, 001); "full": batch_size each.
@@ -515,6 +518,8 @@ def check_values(c: Config) -> None:
     need(t.r1 >= 0, "train.r1 must be 0 (off) or more: e.g. --set train.r1=1")
     need(0 <= t.ema < 1, f"train.ema = {t.ema} must be in [0, 1): 0 (off) or e.g. 0.999")
     need(len(set(t.augment)) == len(t.augment), "train.augment lists an augmentation twice")
+    need(t.standing_stats >= 0, f"train.standing_stats = {t.standing_stats} must be 0 (off) or a "
+         "number of batches, e.g. 100")
     need(t.d_steps >= 1, f"train.d_steps = {t.d_steps} must be at least 1")
     need(
         0 <= t.label_smoothing < 0.5,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .average import standing_statistics
 from .checkpoint import (
     Weights,
     checkpoint_step,
@@ -168,8 +169,12 @@ def _from_checkpoint(folder: Path, origin: str) -> TrainedGenerator:
     average = "G_ema" in gan
     tensors = ({k[len("module."):]: v for k, v in gan["G_ema"].items() if k.startswith("module.")}
                if average else gan["G"])
-    return _built(tensors, config, str(folder),
-                  origin + (" (the moving average of G)" if average else ""), checkpoint_step(folder))
+    generator = _built(tensors, config, str(folder),
+                       origin + (" (the moving average of G)" if average else ""),
+                       checkpoint_step(folder))
+    # A checkpoint keeps the training state; a run's generator file is written as it samples.
+    generator.net = standing_statistics(generator.net, config)
+    return generator
 
 
 def _from_run(run: Path) -> TrainedGenerator:

@@ -30,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .augment import augment
+from .average import ema_with_warmup, standing_statistics
 from .checkpoint import (
     checkpoint_step,
     list_checkpoints,
@@ -397,14 +398,16 @@ class GAN:
             raise UserError(f"checkpoint {source} does not fit this run ({exc}): "
                             "resume with the run folder it was written in") from None
 
-    @property
     def sampler(self) -> torch.nn.Module:
-        """The generator that makes every image a user sees: G's moving average if kept."""
-        return self.G if self.G_ema is None else self.G_ema.module
+        """The generator that makes every image a user sees: G's moving average if kept, with
+        its standing batch-norm statistics where the config asks for them (then a copy, made
+        anew on each call: a few forward passes)."""
+        return standing_statistics(self.G if self.G_ema is None else self.G_ema.module,
+                                   self.config)
 
     def sample(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Images for looking at: G in inference mode, as Keras's predict()."""
-        net = self.sampler
+        net = self.sampler()
         net.eval()
         with torch.inference_mode():
             images = torch.cat([net(z[i:i + SAMPLE_CHUNK], None if y is None else y[i:i + SAMPLE_CHUNK])
@@ -685,7 +688,7 @@ class Loop:
         fid = scores["fid"]
         if self.best_fid is None or fid < self.best_fid:
             self.best_fid = fid
-            save_weights(gan.sampler, self.folder.generator_best, config, "generator", gan.step)
+            save_weights(gan.sampler(), self.folder.generator_best, config, "generator", gan.step)
             self.folder.note(f"best FID so far at step {gan.step}: {fid:.3f}")
         return {k: round(v, 5) for k, v in scores.items()}
 
@@ -770,24 +773,10 @@ class Loop:
             return
         gan, config = self.gan, self.gan.config
         fake, _ = self.sample_grid()
-        save_weights(gan.sampler, self.folder.generator, config, "generator", gan.step)
+        save_weights(gan.sampler(), self.folder.generator, config, "generator", gan.step)
         save_weights(gan.D, self.folder.discriminator, config, "discriminator", gan.step)
         real = to_uint8(self.real_grid.cpu(), self.value_range).squeeze(1).numpy()
         self.folder.finish(real, fake, title=config.name)
-
-
-def ema_with_warmup(decay: float) -> Callable[..., None]:
-    """EMA update whose decay ramps up as (1 + n) / (10 + n) to `decay`: early averages would
-    otherwise be dominated by the untrained initial weights for ~1 / (1 - decay) steps."""
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        weight = 1 - min(decay, (1 + float(n)) / (10 + float(n)))
-        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
-        for a, c in zip(averaged, current, strict=True):
-            if not a.is_floating_point():  # counters such as BN's num_batches_tracked
-                a.copy_(c)
-    return update
 
 
 def class_rows(classes: torch.Tensor, n: int, per_row: int) -> torch.Tensor:
