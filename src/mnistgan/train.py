@@ -405,9 +405,11 @@ class GAN:
         return standing_statistics(self.G if self.G_ema is None else self.G_ema.module,
                                    self.config)
 
-    def sample(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Images for looking at: G in inference mode, as Keras's predict()."""
-        net = self.sampler()
+    def sample(self, z: torch.Tensor, y: torch.Tensor | None = None,
+               net: torch.nn.Module | None = None) -> torch.Tensor:
+        """Images for looking at: G in inference mode, as Keras's predict(). `net`: the
+        sampler already made, where the caller also saves it (making one costs forward passes)."""
+        net = self.sampler() if net is None else net
         net.eval()
         with torch.inference_mode():
             images = torch.cat([net(z[i:i + SAMPLE_CHUNK], None if y is None else y[i:i + SAMPLE_CHUNK])
@@ -584,11 +586,12 @@ class Loop:
                         bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
-    def sample_grid(self) -> tuple[np.ndarray, float]:
-        """Save the fixed-noise grid; returns it and the samples' diversity."""
+    def sample_grid(self, net: torch.nn.Module | None = None) -> tuple[np.ndarray, float]:
+        """Save the fixed-noise grid (drawn by `net`, else the GAN's sampler); returns it and
+        the samples' diversity."""
         if not self.main:
             return np.zeros((0, 28, 28), np.uint8), math.nan
-        fake = self.gan.sample(self.grid_z, self.grid_y)
+        fake = self.gan.sample(self.grid_z, self.grid_y, net)
         images = to_uint8(fake.cpu(), self.value_range).squeeze(1).numpy()
         self.folder.save_grid(self.gan.step, images, self.nrow)
         return images, diversity(fake, self.real_grid)
@@ -681,14 +684,15 @@ class Loop:
         # Digits drawn at random, as a user's samples are (not in turn).
         y = (gan.classes[torch.randint(0, len(gan.classes), (t.eval_samples,), generator=draw,
                                        device=gan.device)] if gan.conditional else None)
-        images = gan.sample(z, y)
+        sampler = gan.sampler()
+        images = gan.sample(z, y, sampler)
         u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)
         scores = evaluate_images(u8, digits=config.data.digits, data_dir=config.data.dir or None,
                                  labels=None if y is None else y.cpu(), dataset=config.data.dataset)
         fid = scores["fid"]
         if self.best_fid is None or fid < self.best_fid:
             self.best_fid = fid
-            save_weights(gan.sampler(), self.folder.generator_best, config, "generator", gan.step)
+            save_weights(sampler, self.folder.generator_best, config, "generator", gan.step)
             self.folder.note(f"best FID so far at step {gan.step}: {fid:.3f}")
         return {k: round(v, 5) for k, v in scores.items()}
 
@@ -772,8 +776,9 @@ class Loop:
         if not self.main:
             return
         gan, config = self.gan, self.gan.config
-        fake, _ = self.sample_grid()
-        save_weights(gan.sampler(), self.folder.generator, config, "generator", gan.step)
+        sampler = gan.sampler()
+        fake, _ = self.sample_grid(sampler)
+        save_weights(sampler, self.folder.generator, config, "generator", gan.step)
         save_weights(gan.D, self.folder.discriminator, config, "discriminator", gan.step)
         real = to_uint8(self.real_grid.cpu(), self.value_range).squeeze(1).numpy()
         self.folder.finish(real, fake, title=config.name)
