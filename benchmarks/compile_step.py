@@ -15,11 +15,8 @@ import argparse
 import statistics
 import time
 
-import torch
-
 from mnistgan.config import load_config
-from mnistgan.data import ImageBank
-from mnistgan.train import GAN
+from mnistgan.train import bare_gan
 
 SETTINGS = ("false", "true")
 
@@ -29,10 +26,7 @@ def rates(preset: str, seconds: float, rounds: int) -> tuple[float, dict[str, li
     gans, first = {}, 0.0
     for setting in SETTINGS:
         config = load_config(preset, [f"train.compile_step={setting}"])
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
-        data = ImageBank.load(config.data.dataset, "train", None, config.data.digits, config.data.value_range)
-        gan = GAN(config, data, torch.device("cpu"))
+        gan = bare_gan(config)
         t0 = time.perf_counter()
         gan.train_step()
         if setting == "true":

@@ -18,9 +18,8 @@ import time
 import torch
 
 from mnistgan.config import load_config
-from mnistgan.data import ImageBank
 from mnistgan.models.dense import onednn_linear, use_dense_kernel
-from mnistgan.train import GAN
+from mnistgan.train import bare_gan
 
 # (rows, inner, columns) of products the MLP presets make: a forward, and the two of a backward.
 SHAPES = [(1024, 1024, 1024), (32, 1024, 784), (16, 784, 512), (64, 784, 128), (128, 64, 784)]
@@ -45,8 +44,7 @@ def product_rate(rows: int, inner: int, cols: int, kernel: str, reps: int = 100,
 def step_rates(preset: str, threads: list[int], seconds: float,
                rounds: int) -> dict[tuple[str, int], list[float]]:
     config = load_config(preset, [])
-    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits, config.data.value_range)
-    gan = GAN(config, data, torch.device("cpu"))
+    gan = bare_gan(config)
     settings = [(k, t) for k in KERNELS for t in threads]
 
     def use(setting: tuple[str, int]) -> None:

@@ -26,10 +26,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnistgan.config import PRECISIONS, load_config
-from mnistgan.data import ImageBank
 from mnistgan.models.common import UpsampleConv2d
 from mnistgan.models.dense import use_dense_kernel
-from mnistgan.train import GAN
+from mnistgan.train import bare_gan
 
 LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, UpsampleConv2d)
 
@@ -78,10 +77,7 @@ def main() -> None:
     # Layers are seen by their forward hooks, which a compiled step (train.compile_step) does not
     # call: the step is timed op by op.
     config = load_config(args.preset, ["train.compile_step=false", *args.overrides])
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits, config.data.value_range)
-    gan = GAN(config, data, torch.device("cpu"))
+    gan = bare_gan(config)
     for _ in range(2):
         gan.train_step()
     t0 = time.perf_counter()

@@ -20,8 +20,7 @@ from dense_kernel import product_rate  # benchmarks/, the script's own folder
 from torch.profiler import ProfilerActivity, profile
 
 from mnistgan.config import load_config
-from mnistgan.data import ImageBank
-from mnistgan.train import GAN
+from mnistgan.train import bare_gan
 
 # PyTorch's own products (MKL), and oneDNN's (train.dense_kernel = "onednn": its operands are
 # the input and the weight as (out, in), the product input @ weight.T).
@@ -44,11 +43,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    config = load_config(args.preset, args.overrides)
-    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits,
-                          config.data.value_range)
-    gan = GAN(config, data, torch.device("cpu"))
+    config = load_config(args.preset, [*args.overrides, f"train.threads={args.threads}"])
+    gan = bare_gan(config)
     for _ in range(max(20, args.steps)):  # warm-up
         gan.train_step()
     t0 = time.perf_counter()

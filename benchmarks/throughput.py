@@ -71,14 +71,10 @@ def count_flops(gan) -> tuple[int, int]:
 
 def measure(preset: str, threads: int, repeats: int, window: float, precision: str) -> dict:
     from mnistgan.config import load_config
-    from mnistgan.data import ImageBank
-    from mnistgan.train import GAN
+    from mnistgan.train import bare_gan
 
-    torch.set_num_threads(threads)
-    config = load_config(preset, [f"train.precision={precision}"])
-    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits,
-                          config.data.value_range)
-    gan = GAN(config, data, torch.device("cpu"))
+    config = load_config(preset, [f"train.precision={precision}", f"train.threads={threads}"])
+    gan = bare_gan(config)
     flops, written = count_flops(gan)
     for _ in range(2):
         gan.train_step()

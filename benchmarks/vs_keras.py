@@ -216,15 +216,10 @@ def ours_rates(preset: str, repeats: int, seconds: float, precision: str) -> dic
     import torch
 
     from mnistgan import load_config
-    from mnistgan.data import ImageBank
-    from mnistgan.train import GAN
+    from mnistgan.train import bare_gan
 
     config = load_config(preset, [f"train.precision={precision}"])
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    data = ImageBank.load(config.data.dataset, "train", None, config.data.digits,
-                          config.data.value_range)
-    gan = GAN(config, data, torch.device("cpu"))
+    gan = bare_gan(config)
     rates = [timed(gan.train_step, seconds, 5 if i == 0 else 1) for i in range(repeats)]
     count = sum(p.numel() for p in gan.G.parameters()), sum(p.numel() for p in gan.D.parameters())
     return {"rates": rates, "params_g": count[0], "params_d": count[1],

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mnistgan.config import NoiseConfig
-from mnistgan.noise import sample_noise
+from mnistgan.noise import sample_labels, sample_noise
 
 
 def draw(dist, n=200_000, **kw):
@@ -47,3 +47,13 @@ def test_seeded_draws_repeat(dist):
     a = sample_noise(c, 4, torch.Generator().manual_seed(3))
     b = sample_noise(c, 4, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_sample_labels_draws_only_the_given_digits_uniformly_and_repeatably():
+    classes = torch.tensor([2, 5, 7])
+    labels = sample_labels(classes, 30_000, torch.Generator().manual_seed(3))
+    counts = torch.bincount(labels, minlength=10)
+    assert set(labels.unique().tolist()) == {2, 5, 7}
+    assert (counts[classes] - 10_000).abs().max() < 400  # ~7 sd of a binomial count
+    again = sample_labels(classes, 30_000, torch.Generator().manual_seed(3))
+    assert torch.equal(labels, again)

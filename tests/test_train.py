@@ -511,3 +511,31 @@ def test_with_reuse_memory_a_step_does_not_fault_its_memory_in_again(tmp_path, m
     weights = [load_file(tmp_path / str(reuse) / "generator.safetensors") for reuse in (True, False)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+BARE_GAN_FAULTS = """
+import resource, sys, torch
+from mnistgan import load_config
+from mnistgan.train import bare_gan
+gan = bare_gan(load_config("best", [f"train.reuse_memory={sys.argv[1]}", "train.threads=1"]), sys.argv[2])
+for _ in range(10):
+    gan.train_step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    gan.train_step()
+print(torch.get_num_threads(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="train.reuse_memory tunes glibc's malloc")
+def test_bare_gan_sets_the_process_up_as_train_does(mnist_dir):
+    """The benchmarks' GAN: the config's threads, and its memory setting, so that a bare step
+    timed by a script pays no page faults that `mnistgan train` does not."""
+    def threads_and_faults(reuse: bool) -> tuple[int, float]:
+        threads, faults = subprocess.run(
+            [sys.executable, "-c", BARE_GAN_FAULTS, str(reuse).lower(), str(mnist_dir)],
+            capture_output=True, text=True, check=True).stdout.split()[-2:]
+        return int(threads), float(faults)
+    (threads, reused), (_, default) = threads_and_faults(True), threads_and_faults(False)
+    assert threads == 1
+    assert reused < 300 and default > 1000, (reused, default)

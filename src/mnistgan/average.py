@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .noise import sample_noise
+from .noise import sample_labels, sample_noise
 
 # The draws of the standing-statistics passes: their own stream, fixed per run, so that the
 # same weights always give the same statistics and no training stream is touched.
@@ -67,8 +67,7 @@ def standing_statistics(generator: nn.Module, config: Config) -> nn.Module:
     with torch.no_grad():
         for _ in range(batches):
             z = sample_noise(config.noise, n, draw, device)
-            labels = (classes[torch.randint(0, len(classes), (n,), generator=draw, device=device)]
-                      if config.data.conditional else None)
+            labels = sample_labels(classes, n, draw) if config.data.conditional else None
             net(z, labels)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum

@@ -22,7 +22,7 @@ from .config import Config, config_from_dict
 from .data import to_uint8
 from .errors import UserError
 from .models import build_generator
-from .noise import DISTRIBUTIONS, interpolate, sample_noise
+from .noise import DISTRIBUTIONS, interpolate, sample_labels, sample_noise
 
 # Images per forward pass when sampling: text 004's generator holds 200 channels at 28x28
 # (0.6 MB an image per layer), so larger chunks cost memory and gain no speed.
@@ -83,8 +83,7 @@ class TrainedGenerator:
         if digit is None:
             # A stream of its own, so that the labels do not echo the noise of the same seed.
             draw = torch.Generator(self.device).manual_seed(seed + LABEL_SEED_OFFSET)
-            pick = torch.randint(0, len(self.classes), (n,), generator=draw, device=self.device)
-            return torch.tensor(self.classes, device=self.device)[pick]
+            return sample_labels(torch.tensor(self.classes, device=self.device), n, draw)
         if digit not in self.classes:
             raise UserError(f"--digit {digit}: this generator knows digits "
                             f"{','.join(map(str, self.classes))}: ask for one of those")

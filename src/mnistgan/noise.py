@@ -1,4 +1,5 @@
-"""Latent noise: the distributions the tutorials feed their generators."""
+"""What a generator is fed: latent noise from the tutorials' distributions, and the digits a
+conditional generator is asked for."""
 
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ def sample_noise(
 ) -> torch.Tensor:
     """Draw `n` latent vectors of size `config.dim` as float32 from `config.dist`."""
     return DISTRIBUTIONS[config.dist](config, (n, config.dim), generator, device)
+
+
+def sample_labels(classes: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """`n` digits drawn uniformly from `classes` (on the generator's device): the labels of a
+    conditional model's fakes, in training and in sampling alike."""
+    return classes[torch.randint(0, len(classes), (n,), generator=generator, device=classes.device)]
 
 
 def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int, dist: str) -> torch.Tensor:

@@ -49,7 +49,7 @@ from .health import Finding, HealthMonitor, diversity
 from .losses import build_loss, mode_seeking, paired
 from .memory import keep_freed_memory
 from .models import build_discriminator, build_generator
-from .noise import sample_noise
+from .noise import sample_labels, sample_noise
 from .run import RunFolder, SilentFolder, default_run_path
 from .schedules import lr_factor
 from .step_graph import StepGraph, unsupported
@@ -153,9 +153,7 @@ class GAN:
         """Digits for n fakes of a conditional model (None for an unconditional one)."""
         if not self.conditional:
             return None
-        pick = torch.randint(0, len(self.classes), (n * self.world.size,), generator=self.noise_rng,
-                             device=self.device)
-        return self.classes[pick[self.world.share(n)]]
+        return sample_labels(self.classes, n * self.world.size, self.noise_rng)[self.world.share(n)]
 
     def real_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n training images and, for a conditional model, their digit labels."""
@@ -480,13 +478,29 @@ def _released_on_error(run: RunFolder | None) -> Iterator[None]:
         raise
 
 
-def _join(config: Config) -> tuple[World, torch.device]:
-    """Threads, memory reuse, device and, under torchrun, the process group."""
+def _set_up_process(config: Config) -> None:
+    """Threads and memory reuse: process-wide, so set once, here, for whatever steps the GAN."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     if config.train.reuse_memory:
         keep_freed_memory()
+
+
+def _join(config: Config) -> tuple[World, torch.device]:
+    """The process set up, the device and, under torchrun, the process group."""
+    _set_up_process(config)
     return join(resolve_device(config.train.device))
+
+
+def bare_gan(config: Config, data_dir: str | Path | None = None) -> GAN:
+    """The GAN that `mnistgan train` steps, on the CPU, without its run folder and loop: the
+    process set up as train sets it up (a step timed without the freed-memory setting pays
+    page faults that the command line does not), and the training images loaded. What the
+    benchmarks time."""
+    _set_up_process(config)
+    data = ImageBank.load(config.data.dataset, "train", data_dir, config.data.digits,
+                          config.data.value_range)
+    return GAN(config, data, torch.device("cpu"))
 
 
 def _load_data(config: Config, data_dir: str | Path | None, world: World) -> tuple[ImageBank, int]:
@@ -682,8 +696,7 @@ class Loop:
         draw = torch.Generator(gan.device).manual_seed(t.seed + 4)
         z = sample_noise(config.noise, t.eval_samples, draw, gan.device)
         # Digits drawn at random, as a user's samples are (not in turn).
-        y = (gan.classes[torch.randint(0, len(gan.classes), (t.eval_samples,), generator=draw,
-                                       device=gan.device)] if gan.conditional else None)
+        y = sample_labels(gan.classes, t.eval_samples, draw) if gan.conditional else None
         sampler = gan.sampler()
         images = gan.sample(z, y, sampler)
         u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)
