@@ -57,6 +57,8 @@ VARIANTS: dict[str, list[str]] = {
     "conditional batch norm in G": ["generator.class_norm=true"],
     "cosine learning-rate decay": ["train.lr_schedule=cosine"],
     "linear learning-rate decay": ["train.lr_schedule=linear"],
+    "linear decay from both learning rates doubled": ["train.lr_schedule=linear", "train.d_lr=4e-4",
+                                                       "train.g_lr=8e-4"],
     "wider G (128 / 128-64-64 channels)": ["generator.start_channels=128", "generator.channels=128,64,64"],
     "wider D (64-128-256 channels)": ["discriminator.channels=64,128,256"],
     "latent size 128": ["noise.dim=128"],
