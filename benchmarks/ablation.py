@@ -30,10 +30,13 @@ from mnistgan.study import Study, sweep
 from mnistgan.study.spec import check
 
 WITHOUT_28X28_CONV = ["generator.channels=64,32", "generator.kernels=3,3", "generator.upsample=true,true"]
+# `best`'s learning rates until 2026-12-04: constant, at half today's starting rates. The rate
+# variants below name their rates in full, so that they mean what they meant before that day.
+CONSTANT_RATES = ["train.lr_schedule=constant", "train.d_lr=2e-4", "train.g_lr=4e-4"]
 # The preset before issue 19's stack (2026-12-03): the reference of BENCHMARKS.md's earlier
 # `best` rows, so that their commands still reproduce them.
 BEST_UNTIL_2026_12_03 = ["train.d_steps=1", "train.ema=0.999", "train.mode_seeking=0", *WITHOUT_28X28_CONV,
-                         "train.standing_stats=0"]
+                         "train.standing_stats=0", *CONSTANT_RATES]
 
 VARIANTS: dict[str, list[str]] = {
     "best, as shipped": [],
@@ -41,7 +44,8 @@ VARIANTS: dict[str, list[str]] = {
     "without spectral norm in D": ["discriminator.spectral_norm=false"],
     "label as input planes, not projection": ["discriminator.conditioning=input"],
     "BCE (non-saturating) instead of hinge": ["train.loss=bce"],
-    "one learning rate (2e-4 both), not TTUR": ["train.d_lr=2e-4", "train.g_lr=2e-4"],
+    "one learning rate (2e-4 both), not TTUR": ["train.lr_schedule=constant", "train.d_lr=2e-4",
+                                                 "train.g_lr=2e-4"],
     "TTUR with D the faster (D 4e-4, G 1e-4)": ["train.d_lr=4e-4", "train.g_lr=1e-4"],
     "without EMA of G": ["train.ema=0"],
     "without standing batch-norm statistics": ["train.standing_stats=0"],
@@ -53,12 +57,12 @@ VARIANTS: dict[str, list[str]] = {
     "with DiffAugment (translation, cutout)": ["train.augment=translation,cutout"],
     "with R1 penalty (gamma 1)": ["train.r1=1.0"],
     "nearest upsampling + conv, not transposed convs": ["generator.upsample_mode=nearest"],
-    "both learning rates doubled (D 4e-4, G 8e-4)": ["train.d_lr=4e-4", "train.g_lr=8e-4"],
+    "both learning rates doubled (D 4e-4, G 8e-4)": ["train.lr_schedule=constant", "train.d_lr=4e-4",
+                                                     "train.g_lr=8e-4"],
     "conditional batch norm in G": ["generator.class_norm=true"],
-    "cosine learning-rate decay": ["train.lr_schedule=cosine"],
-    "linear learning-rate decay": ["train.lr_schedule=linear"],
-    "linear decay from both learning rates doubled": ["train.lr_schedule=linear", "train.d_lr=4e-4",
-                                                       "train.g_lr=8e-4"],
+    "constant learning rates (best until 2026-12-04)": CONSTANT_RATES,
+    "cosine learning-rate decay": [*CONSTANT_RATES[1:], "train.lr_schedule=cosine"],
+    "linear learning-rate decay": [*CONSTANT_RATES[1:], "train.lr_schedule=linear"],
     "wider G (128 / 128-64-64 channels)": ["generator.start_channels=128", "generator.channels=128,64,64"],
     "wider D (64-128-256 channels)": ["discriminator.channels=64,128,256"],
     "latent size 128": ["noise.dim=128"],
