@@ -32,14 +32,14 @@ def same_weights(a, b):
             assert torch.equal(wa[k], wb[k]), (name, k)
 
 
+# A run extended past its first length follows the new length's schedule from then on, so a
+# decaying schedule would differ between the two ways by design: constant rates here.
 @pytest.mark.parametrize("name, extra", [
     ("seed-000", ["train.batch_size=8"]),                      # dropout, batch norm, uniform noise
     ("seed-002", ["train.batch_size=16", "train.d_steps=2"]),  # epoch sampling, reused noise
     ("best", ["train.batch_size=8", "train.augment=translation,cutout,brightness",
               "train.r1=1.0", "train.lr_schedule=constant"]),  # labels, EMA, augmentation, R1
 ])
-# A run extended past its first length follows the new length's schedule from then on, so a
-# decaying schedule would differ between the two ways by design: constant rates here.
 def test_resume_is_bit_identical(name, extra, tmp_path, mnist_dir):
     common = [*extra, "train.log_every=1", "train.sample_every=3", "train.checkpoint_every=2",
               "train.grid_size=16"]

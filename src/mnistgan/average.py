@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .noise import sample_labels, sample_noise
+from .noise import label_classes, sample_labels, sample_noise
 
 # The draws of the standing-statistics passes: their own stream, fixed per run, so that the
 # same weights always give the same statistics and no training stream is touched.
@@ -62,7 +62,7 @@ def standing_statistics(generator: nn.Module, config: Config) -> nn.Module:
         m.train()
     device = next(net.parameters()).device
     draw = torch.Generator(device).manual_seed(config.train.seed + _STANDING_SEED_OFFSET)
-    classes = torch.tensor(config.data.digits or range(10), device=device)
+    classes = label_classes(config.data.digits, device)
     n = config.train.batch_size
     with torch.no_grad():
         for _ in range(batches):

@@ -22,7 +22,7 @@ from .config import Config, config_from_dict
 from .data import to_uint8
 from .errors import UserError
 from .models import build_generator
-from .noise import DISTRIBUTIONS, interpolate, sample_labels, sample_noise
+from .noise import DISTRIBUTIONS, interpolate, label_classes, sample_labels, sample_noise
 
 # Images per forward pass when sampling: text 004's generator holds 200 channels at 28x28
 # (0.6 MB an image per layer), so larger chunks cost memory and gain no speed.
@@ -43,7 +43,7 @@ class TrainedGenerator:
         # line for the user, e.g. "RUN is unfinished: using its checkpoint at step 400".
         self.origin = origin
         # The digits a conditional model can be asked for; empty for an unconditional one.
-        self.classes: list[int] = (list(config.data.digits) or list(range(10))
+        self.classes: list[int] = (label_classes(config.data.digits).tolist()
                                    if config.data.conditional else [])
 
     @property

@@ -4,7 +4,7 @@ conditional generator is asked for."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,6 +53,11 @@ def sample_noise(
 ) -> torch.Tensor:
     """Draw `n` latent vectors of size `config.dim` as float32 from `config.dist`."""
     return DISTRIBUTIONS[config.dist](config, (n, config.dim), generator, device)
+
+
+def label_classes(digits: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The digits a conditional model is asked for: the run's `data.digits`, or all ten."""
+    return torch.tensor(list(digits) or range(10), device=device)
 
 
 def sample_labels(classes: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:

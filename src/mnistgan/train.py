@@ -49,7 +49,7 @@ from .health import Finding, HealthMonitor, diversity
 from .losses import build_loss, mode_seeking, paired
 from .memory import keep_freed_memory
 from .models import build_discriminator, build_generator
-from .noise import sample_labels, sample_noise
+from .noise import label_classes, sample_labels, sample_noise
 from .run import RunFolder, SilentFolder, default_run_path
 from .schedules import lr_factor
 from .step_graph import StepGraph, unsupported
@@ -115,7 +115,7 @@ class GAN:
         self.loss = build_loss(t.loss)
         self.conditional = config.data.conditional
         # Conditional fakes ask for the digits the run trains on, uniformly.
-        self.classes = torch.tensor(config.data.digits or range(10), device=device)
+        self.classes = label_classes(config.data.digits, device)
         self.background = -1.0 if config.data.value_range == "tanh" else 0.0
         self.G_ema = None
         if t.ema:
