@@ -498,18 +498,21 @@ def bare_gan(config: Config, data_dir: str | Path | None = None) -> GAN:
     page faults that the command line does not), and the training images loaded. What the
     benchmarks time."""
     _set_up_process(config)
-    data = ImageBank.load(config.data.dataset, "train", data_dir, config.data.digits,
-                          config.data.value_range)
-    return GAN(config, data, torch.device("cpu"))
+    return GAN(config, _training_images(config, data_dir), torch.device("cpu"))
 
 
-def _load_data(config: Config, data_dir: str | Path | None, world: World) -> tuple[ImageBank, int]:
-    """The training images, recording in the config the folder they came from, and the run's
-    length in steps."""
+def _training_images(config: Config, data_dir: str | Path | None) -> ImageBank:
+    """The training images, recording in the config the folder they came from."""
     folder = local_data_dir(data_dir, config.data.dir)
     data = ImageBank.load(config.data.dataset, "train", folder, config.data.digits,
                           config.data.value_range)
     config.data.dir = folder or ""
+    return data
+
+
+def _load_data(config: Config, data_dir: str | Path | None, world: World) -> tuple[ImageBank, int]:
+    """The training images and the run's length in steps."""
+    data = _training_images(config, data_dir)
     return data, total_steps(config, len(data), world.size)
 
 
