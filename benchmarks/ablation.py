@@ -64,6 +64,8 @@ VARIANTS: dict[str, list[str]] = {
     "constant learning rates (best until 2026-12-04)": CONSTANT_RATES,
     "cosine learning-rate decay": [*CONSTANT_RATES[1:], "train.lr_schedule=cosine"],
     "linear learning-rate decay": [*CONSTANT_RATES[1:], "train.lr_schedule=linear"],
+    "linear decay from tripled rates (D 6e-4, G 1.2e-3)": ["train.lr_schedule=linear", "train.d_lr=6e-4",
+                                                           "train.g_lr=1.2e-3"],
     "wider G (128 / 128-64-64 channels)": ["generator.start_channels=128", "generator.channels=128,64,64"],
     "wider D (64-128-256 channels)": ["discriminator.channels=64,128,256"],
     "latent size 128": ["noise.dim=128"],

@@ -131,5 +131,8 @@ def test_inception_batches_reuse_freed_memory_with_the_same_features(inception):
                                        text=True, check=True).stdout.split()
         return int(faults), float(total)
     (kept, kept_sum), (default, default_sum) = run("kept"), run("default")
-    assert kept * 10 < default, (kept, default)  # measured here: ~26,000 against ~1,170,000
+    # Measured here: ~26,000 against ~1,170,000 alone, but once 177,000 against 1,400,000 beside
+    # a training and an evaluation (likely the VM's proactive reclaim, kdamond, paging out memory
+    # kept idle between batches): a margin that a broken setting (kept ~ default) still fails by far.
+    assert kept * 4 < default, (kept, default)
     assert kept_sum == default_sum

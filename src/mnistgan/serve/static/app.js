@@ -45,9 +45,14 @@ function rememberInAddress() {
   history.replaceState(null, "", `?${q}`);
 }
 
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
+// Per slot, so that a walk arriving after a failed grid does not hide the grid's error.
+const errors = { grid: "", walk: "" };
+
+function showError(slot, message) {
+  errors[slot] = message;
+  const shown = errors.grid || errors.walk;
+  $("error").textContent = shown;
+  $("error").hidden = !shown;
 }
 
 // Fetch an image for the `latest` slot `slot` ("grid" or "walk"): its object URL, or null
@@ -63,16 +68,16 @@ async function load(url, slot) {
   }
   if (ticket !== latest[slot]) return undefined;
   if (body === null) {
-    showError("the server did not answer: is `mnistgan serve` still running?");
+    showError(slot, "the server did not answer: is `mnistgan serve` still running?");
     return null;
   }
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try { message = JSON.parse(body).error || message; } catch (e) { /* not JSON */ }
-    showError(message);
+    showError(slot, message);
     return null;
   }
-  showError("");
+  showError(slot, "");
   return URL.createObjectURL(body);
 }
 
