@@ -66,6 +66,8 @@ VARIANTS: dict[str, list[str]] = {
     "linear learning-rate decay": [*CONSTANT_RATES[1:], "train.lr_schedule=linear"],
     "linear decay from tripled rates (D 6e-4, G 1.2e-3)": ["train.lr_schedule=linear", "train.d_lr=6e-4",
                                                            "train.g_lr=1.2e-3"],
+    "linear decay from quadrupled rates (D 8e-4, G 1.6e-3)": ["train.lr_schedule=linear", "train.d_lr=8e-4",
+                                                              "train.g_lr=1.6e-3"],
     "wider G (128 / 128-64-64 channels)": ["generator.start_channels=128", "generator.channels=128,64,64"],
     "wider D (64-128-256 channels)": ["discriminator.channels=64,128,256"],
     "latent size 128": ["noise.dim=128"],
