@@ -76,6 +76,7 @@ VARIANTS: dict[str, list[str]] = {
     "bfloat16 in D": ["train.precision=bf16-d"],
     "minibatch std in D (groups of 4)": ["discriminator.minibatch_std=4"],
     "4x4 transposed convs in G (no checkerboard)": ["generator.kernels=4,4,3"],
+    "top-k G updates (to half the batch)": ["train.top_k=0.5"],
 }
 
 

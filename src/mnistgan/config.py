@@ -207,6 +207,11 @@ class TrainConfig:
     # G step's batch is taken as pairs (its halves, the same digits in a conditional model) and
     # G is penalised where different noise gives alike images. 0: off.
     mode_seeking: float = 0.0
+    # Top-k G updates (losses.top_k; Sinha et al. 2020): G learns only from the fakes D scores
+    # as most real. The share kept falls linearly over the run from the whole batch to this
+    # fraction (the paper anneals it per epoch over runs of hundreds of epochs; ours are
+    # 5-20). 1: off, e.g. 0.5.
+    top_k: float = 1.0
     r1: float = 0.0  # gamma of the R1 penalty gamma/2 * |grad_x D(x)|^2 on real images
     # Exponential moving average of G's weights, used for every sample the run produces
     # (grids, evaluation, generator.safetensors); 0: off, e.g. 0.999.
@@ -515,6 +520,8 @@ def check_values(c: Config) -> None:
     need(not t.mode_seeking or (t.g_noise == "fresh" and t.batch_size >= 2),
          "train.mode_seeking pairs the G step's own noise: "
          "it needs train.g_noise = 'fresh' and batch_size >= 2")
+    need(0 < t.top_k <= 1, f"train.top_k = {t.top_k} must be in (0, 1]: 1 (off) or the share "
+         "of G's batch kept at the run's end, e.g. 0.5")
     need(t.r1 >= 0, "train.r1 must be 0 (off) or more: e.g. --set train.r1=1")
     need(0 <= t.ema < 1, f"train.ema = {t.ema} must be in [0, 1): 0 (off) or e.g. 0.999")
     need(len(set(t.augment)) == len(t.augment), "train.augment lists an augmentation twice")

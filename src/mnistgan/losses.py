@@ -7,6 +7,7 @@ target may be a tensor (a mixed batch of real and fake images, as in text 004).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -116,6 +117,14 @@ def mode_seeking(fakes: torch.Tensor, z: torch.Tensor, weight: float) -> torch.T
     pushes apart what a collapsing G would make alike."""
     (f1, f2), (z1, z2) = _halves(fakes), _halves(z)
     return weight / ((f1 - f2).abs().mean() / (z1 - z2).abs().mean() + 1e-5)
+
+
+def top_k(fake_logits: torch.Tensor, keep: float) -> torch.Tensor:
+    """The ceil(keep * n) fakes D scores as most real (Sinha et al. 2020, "Top-k training of
+    GANs"): G's loss on these alone drops the gradient of the fakes D rejects most, which late
+    in training point away from the nearest mode rather than towards it."""
+    k = max(1, math.ceil(keep * len(fake_logits)))
+    return fake_logits if k >= len(fake_logits) else fake_logits.topk(k, dim=0).values
 
 
 def build_loss(name: str) -> BinaryCrossEntropy | Hinge | LeastSquares | WassersteinGP:

@@ -46,6 +46,8 @@ def unsupported(config: Config, device: torch.device, processes: int) -> str | N
         return "has no gradient penalties (train.loss = 'wgan-gp', train.r1)"
     if t.mode_seeking:
         return "has no mode-seeking term (train.mode_seeking)"
+    if t.top_k < 1:
+        return "has no top-k G update (train.top_k)"
     if t.augment or t.instance_noise:
         return "draws no random numbers inside the step (train.augment, train.instance_noise)"
     if config.generator.dropout or config.discriminator.dropout:

@@ -46,7 +46,7 @@ from .distributed import World, any_rank, gather, join, lr_scale, mean_over_rank
 from .errors import Interrupted, UserError
 from .generate import SAMPLE_CHUNK
 from .health import Finding, HealthMonitor, diversity
-from .losses import build_loss, mode_seeking, paired
+from .losses import build_loss, mode_seeking, paired, top_k
 from .memory import keep_freed_memory
 from .models import build_discriminator, build_generator
 from .noise import label_classes, sample_labels, sample_noise
@@ -288,9 +288,14 @@ class GAN:
         if fake is None:
             with self.autocast("G"):
                 fake = self.G_train(z, y).float()
-        loss = self.loss.generator(self.judge(fake, y))
-        if self.config.train.mode_seeking:
-            loss = loss + mode_seeking(fake, z, self.config.train.mode_seeking)
+        t = self.config.train
+        logits = self.judge(fake, y)
+        if t.top_k < 1:
+            progress = min(self.step / self.total_steps, 1.0) if self.total_steps else 0.0
+            logits = top_k(logits, 1.0 - (1.0 - t.top_k) * progress)
+        loss = self.loss.generator(logits)
+        if t.mode_seeking:
+            loss = loss + mode_seeking(fake, z, t.mode_seeking)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._set_lr(self.opt_g, self.config.train.g_lr, self.g_updates)
