@@ -82,6 +82,8 @@ def test_switching_architecture_by_override():
     ("train.label_smoothing=0.7", "[0, 0.5)"),
     ("train.g_noise=reuse", "needs train.d_batch = 'full'"),
     ("train.mode_seeking=-1", "0 (off) or more"),
+    ("train.top_k=0", "must be in (0, 1]"),
+    ("train.top_k=1.5", "must be in (0, 1]"),
 ])
 def test_bad_overrides_are_clear_errors(override, words):
     with pytest.raises(UserError) as err:

@@ -211,6 +211,43 @@ def test_mode_seeking_pairs_share_a_digit_and_enter_gs_loss(mnist_dir):
     assert seeking > plain + 0.1  # 2 / (image gap / noise gap): the gap ratio is well below 20
 
 
+def test_top_k_keeps_the_fakes_d_scores_most_real():
+    from mnistgan.losses import top_k
+
+    logits = torch.tensor([0.1, 2.0, -1.0, 0.5, 3.0], requires_grad=True)
+    assert sorted(top_k(logits, 0.5).tolist()) == [0.5, 2.0, 3.0]  # ceil(2.5) of 5
+    assert top_k(logits, 0.01).tolist() == [3.0]  # at least one
+    assert top_k(logits, 1.0) is logits
+    top_k(logits, 0.4).sum().backward()
+    assert logits.grad.tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]  # the rejected fakes teach G nothing
+
+
+def test_top_k_g_updates_keep_a_share_falling_over_the_run(mnist_dir):
+    """train.top_k: G's loss is on the whole batch at the first step, on the best-scored
+    three quarters half-way and on the best-scored half at the end (train.top_k = 0.5)."""
+    from mnistgan.data import ImageBank
+    from mnistgan.train import GAN
+
+    config = load_config("best", ["train.batch_size=8", "train.top_k=0.5", "train.mode_seeking=0"])
+    data = ImageBank.load("mnist", "train", str(mnist_dir), [], config.data.value_range)
+    gan = GAN(config, data, torch.device("cpu"), total_steps=10)
+    judged, judge = [], gan.judge
+
+    def spy(images, y, net=None):
+        logits = judge(images, y, net)
+        judged.append(logits.detach().flatten())
+        return logits
+
+    gan.judge = spy
+    for step, kept in ((0, 8), (5, 6), (10, 4)):
+        gan.step = step
+        g_loss = gan.generator_step(gan.noise(8), gan.labels(8)).item()
+        everything = judged[-1]
+        assert g_loss == pytest.approx(-everything.topk(kept).values.mean().item(), abs=1e-6)
+        if kept < 8:
+            assert g_loss < -everything.mean().item()  # the hinge on D's best-scored fakes
+
+
 def test_bf16_autocast_trains(tmp_path, mnist_dir):
     config = tiny("seed-000", steps=2, extra=["train.precision=bf16"])
     run = train(config, out=tmp_path / "bf16", progress=False).run_dir
