@@ -88,6 +88,19 @@ def test_dense_kernel_times_both_kernels_on_every_thread_count(mnist_dir):
     assert len(products) == 2 * 5 and all(float(p.split("|")[-2]) > 0 for p in products)
 
 
+def test_profile_step_tables_the_products_of_a_step_by_shape(mnist_dir):
+    out = run_script("profile_step.py", "seed-002", "--threads", "1", "--steps", "3",
+                     "--set", "train.compile_step=false")  # op by op: the products are separate ops
+    products = {r[1].strip(): r[2:6] for r in (line.split("|") for line in out.splitlines())
+                if r[0] == "" and len(r) == 7 and " @ " in r[1]}
+    # text 002's forward products: D's hidden layer on real, fake and in G's step; G's two once
+    assert products["addmm 64x784 @ 784x128"][0].strip() == "3"
+    assert products["addmm 64x100 @ 100x128"][0].strip() == "1"
+    assert products["addmm 64x128 @ 128x784"][0].strip() == "1"
+    assert all(float(ms) > 0 and float(alone) > 0 for _, ms, _, alone in products.values())
+    assert "ms a step unprofiled" in out and "| aten::mm |" in out
+
+
 def test_layer_rate_replays_every_layer_call_of_a_step(mnist_dir):
     out = run_script("layer_rate.py", "seed-002", "--steps", "1", "--reps", "1")
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "x" in line
