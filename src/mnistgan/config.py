@@ -210,7 +210,8 @@ class TrainConfig:
     # Top-k G updates (losses.top_k; Sinha et al. 2020): G learns only from the fakes D scores
     # as most real. The share kept falls linearly over the run from the whole batch to this
     # fraction (the paper anneals it per epoch over runs of hundreds of epochs; ours are
-    # 5-20). 1: off, e.g. 0.5.
+    # 5-20). 1: off, e.g. 0.5. On `best` (conditional, hinge) it wrecked a 20-epoch run: the
+    # fakes dropped from G's loss were never repaired (BENCHMARKS.md).
     top_k: float = 1.0
     r1: float = 0.0  # gamma of the R1 penalty gamma/2 * |grad_x D(x)|^2 on real images
     # Exponential moving average of G's weights, used for every sample the run produces
