@@ -290,15 +290,15 @@ class GAN:
                 fake = self.G_train(z, y).float()
         t = self.config.train
         logits = self.judge(fake, y)
-        if t.top_k < 1:
-            progress = min(self.step / self.total_steps, 1.0) if self.total_steps else 0.0
-            logits = top_k(logits, 1.0 - (1.0 - t.top_k) * progress)
+        if t.top_k < 1:  # the share kept falls as a linear learning rate does, from 1 to top_k
+            remaining = lr_factor("linear", self.step, self.total_steps)
+            logits = top_k(logits, t.top_k + (1.0 - t.top_k) * remaining)
         loss = self.loss.generator(logits)
         if t.mode_seeking:
             loss = loss + mode_seeking(fake, z, t.mode_seeking)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        self._set_lr(self.opt_g, self.config.train.g_lr, self.g_updates)
+        self._set_lr(self.opt_g, t.g_lr, self.g_updates)
         self.opt_g.step()
         if self.G_ema is not None:
             self.G_ema.update_parameters(self.G)
