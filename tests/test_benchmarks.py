@@ -180,3 +180,16 @@ def test_command_line_ab_names_a_run_that_did_not_finish(tmp_path, mnist_dir):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "no_such_knob" in done.stderr.strip().splitlines()[-1], done.stderr
+
+
+def test_thin_conv_times_both_kernels_in_alternating_windows(mnist_dir):
+    out = run_script("thin_conv.py", "--presets", "seed-000", "--threads", "1", "--seconds", "0.2",
+                     "--rounds", "2")
+    row = [line for line in out.splitlines() if line.startswith("| seed-000")]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].split("|")[1:-1]]
+    assert cells[1:3] == ["1", "2"]  # one thread; D's first and G's last layer
+    plain, thin, ratio = float(cells[3]), float(cells[4]), float(cells[5].strip("*"))
+    windows = [[float(v) for v in side.split(",")] for side in cells[6].split(";")]
+    assert [len(w) for w in windows] == [2, 2] and plain > 0 and thin > 0
+    assert ratio == pytest.approx(thin / plain, abs=0.005 + ratio * (0.005 / plain + 0.005 / thin))

@@ -7,7 +7,7 @@ from mnistgan.config import load_config
 from mnistgan.errors import UserError
 from mnistgan.losses import BinaryCrossEntropy
 from mnistgan.models import build_discriminator, build_generator
-from mnistgan.models.common import Dropout, MinibatchStd, UpsampleConv2d
+from mnistgan.models.common import Dropout, MinibatchStd, ThinConv2d, UpsampleConv2d
 
 
 def n_params(m):
@@ -98,6 +98,50 @@ def test_upsample_conv_is_upsample_then_conv(kernel, size):
 def test_upsample_conv_refuses_an_even_kernel():
     with pytest.raises(ValueError, match="odd kernel"):
         UpsampleConv2d(2, 2, 4)
+
+
+@pytest.mark.parametrize(("channels", "kernel", "stride", "shape"), [
+    ((1, 6), 5, 2, (3, 1, 28, 28)),   # seed-000's and seed-004's first D layer
+    ((1, 4), 7, 1, (2, 1, 9, 11)),
+    ((5, 1), 5, 1, (3, 5, 28, 28)),   # seed-000's last G layer
+    ((3, 1), 7, 1, (2, 3, 10, 13)),
+])
+def test_thin_conv_is_the_convolution(channels, kernel, stride, shape):
+    """Output, input and weight gradients, and a gradient of a gradient (R1) equal PyTorch's
+    own convolution with the same parameters."""
+    torch.manual_seed(kernel + stride)
+    thin = ThinConv2d(*channels, kernel, stride)
+    conv = nn.Conv2d(*channels, kernel, stride=stride, padding=kernel // 2)
+    conv.load_state_dict(thin.state_dict())
+    x = torch.randn(shape, requires_grad=True)
+    y, expected = thin(x), conv(x)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, thin.weight, thin.bias), g, create_graph=True)
+    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g, create_graph=True)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.autograd.grad(got[0].square().sum(), thin.weight)[0],
+                               torch.autograd.grad(want[0].square().sum(), conv.weight)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_thin_conv_refuses_what_it_cannot_compute():
+    for args in [(2, 3, 5), (1, 3, 4), (3, 1, 5, 2)]:
+        with pytest.raises(ValueError, match="thin conv"):
+            ThinConv2d(*args)
+
+
+def test_one_channel_convs_are_thin_where_the_kernel_is_5x5():
+    """seed-000 (5x5) takes the thin kernels at both ends; best's 3x3 ones stay plain convs, as
+    does a D whose first layer has more than one channel (one-hot label planes)."""
+    def thin_layers(config):
+        return [m.in_channels for net in (build_generator(config), build_discriminator(config))
+                for m in net.modules() if isinstance(m, ThinConv2d)]
+    assert sorted(thin_layers(load_config("seed-000"))) == [1, 32]
+    assert thin_layers(load_config("best")) == []
+    assert thin_layers(load_config("best", ["discriminator.kernel=5", "generator.out_kernel=5",
+                                            "discriminator.conditioning=input"])) == [32]
 
 
 def test_seed_generators_keep_the_conv_parameters_of_upsample_then_conv():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data import CLASSES
-from .dense import Dense
+from .dense import Dense, eager_cpu_float32
 
 # The registry of activations (config keys `activation`, `output`, `hidden_activation`):
 # name -> layer, given LeakyReLU's slope.
@@ -161,6 +161,55 @@ class UpsampleConv2d(nn.Conv2d):
         kernel = torch.einsum("ak,oikl,bl->ioab", self.fold, self.weight, self.fold)
         return nn.functional.conv_transpose2d(x, kernel, self.bias, stride=2,
                                               padding=self.fold_padding)
+
+
+class ThinConv2d(nn.Conv2d):
+    """A 'same'-padded convolution with one input channel (D's first layer) or one output
+    channel (G's last), computed as one matrix product and an unfold or fold. oneDNN has no
+    vector kernel for a single channel and runs these at ~5-9 % of its matmul rate, 1.5-3x
+    slower than this for 5x5 kernels (BENCHMARKS.md, "The one-channel convolutions"). Same
+    parameters, same function to float rounding; ``fused = False`` runs PyTorch's own."""
+
+    fused = True
+
+    @staticmethod
+    def computes(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> bool:
+        return kernel_size % 2 == 1 and (in_channels == 1 or (out_channels == 1 and stride == 1))
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+        if not self.computes(in_channels, out_channels, kernel_size, stride):
+            raise ValueError(f"a thin conv has an odd kernel, one input channel or one output channel "
+                             f"at stride 1, not {in_channels} -> {out_channels}, {kernel_size}x{kernel_size} "
+                             f"stride {stride}")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.fused and eager_cpu_float32(x)):
+            return super().forward(x)
+        k = self.kernel_size[0]
+        n, _, height, width = x.shape
+        pad, stride = self.padding[0], self.stride[0]
+        bias = self.bias if self.bias is not None else x.new_zeros(self.out_channels)
+        if self.in_channels == 1:
+            # (n, k*k, L) patches; every output channel is one row of the weight times them.
+            patches = nn.functional.unfold(x, k, padding=pad, stride=stride)
+            weight = self.weight.reshape(1, self.out_channels, k * k).expand(n, -1, -1)
+            y = torch.baddbmm(bias.view(1, -1, 1), weight, patches)
+            return y.view(n, self.out_channels, (height + 2 * pad - k) // stride + 1,
+                          (width + 2 * pad - k) // stride + 1)
+        # One output channel: every tap's weighted channel sum at every pixel, then fold adds
+        # the k*k shifted maps; fold's sliding blocks read the kernel mirrored, hence the flip.
+        taps = self.weight[0].flip(1, 2).permute(1, 2, 0).reshape(k * k, self.in_channels)
+        per_tap = torch.matmul(taps, x.reshape(n, self.in_channels, height * width))
+        return nn.functional.fold(per_tap, (height, width), k, padding=pad) + bias.view(1, 1, 1, 1)
+
+
+def same_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+    """A 'same'-padded convolution: a ThinConv2d where one side has one channel and the kernel
+    is 5x5 or larger (for 3x3 and 1x1 oneDNN is level with it or faster), else PyTorch's."""
+    if kernel_size >= 5 and ThinConv2d.computes(in_channels, out_channels, kernel_size, stride):
+        return ThinConv2d(in_channels, out_channels, kernel_size, stride)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
 
 def maybe_spectral(layer: nn.Module, enabled: bool) -> nn.Module:

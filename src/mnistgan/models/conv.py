@@ -20,6 +20,7 @@ from .common import (
     initialise,
     maybe_spectral,
     run_with_labels,
+    same_conv,
     with_label,
 )
 from .dense import Dense
@@ -61,15 +62,14 @@ class ConvGenerator(nn.Module):
             elif up:
                 body.append(UpsampleConv2d(width, ch, k))
             else:
-                body.append(nn.Conv2d(width, ch, k, padding=k // 2))
+                body.append(same_conv(width, ch, k))
             if c.batch_norm:
                 body.append(norm("2d", ch))
             body.append(activation(c.activation, c.slope))
             if c.dropout:
                 body.append(Dropout(c.dropout))
             width = ch
-        body += [nn.Conv2d(width, 1, c.out_kernel, padding=c.out_kernel // 2),
-                 activation(c.output)]
+        body += [same_conv(width, 1, c.out_kernel), activation(c.output)]
         self.body = nn.Sequential(*body)
         initialise(self, c.init)
         if c.init_first is not None:
@@ -88,9 +88,7 @@ def conv_discriminator(c: ConvDiscriminatorConfig, conditioning: str = "none") -
     layers: list[nn.Module] = []
     width, size = 1 + CLASSES * (conditioning == "input"), 28
     for ch in c.channels:
-        layers.append(maybe_spectral(
-            nn.Conv2d(width, ch, c.kernel, stride=c.stride, padding=c.kernel // 2),
-            c.spectral_norm))
+        layers.append(maybe_spectral(same_conv(width, ch, c.kernel, c.stride), c.spectral_norm))
         if c.batch_norm:
             layers.append(batch_norm("2d", ch, c.bn_momentum, c.bn_eps))
         layers.append(activation(c.activation, c.slope))

@@ -91,7 +91,13 @@ class Dense(nn.Linear):
 
 
 def _onednn_applies(x: torch.Tensor) -> bool:
-    return (_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+    return _LINEAR is not None and x.dim() == 2 and eager_cpu_float32(x)
+
+
+def eager_cpu_float32(x: torch.Tensor) -> bool:
+    """Whether `x` is a float32 CPU tensor outside autocast, compiling and tracing: where this
+    package's own CPU kernels replace PyTorch's (elsewhere PyTorch's own ops run)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
