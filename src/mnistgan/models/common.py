@@ -189,19 +189,18 @@ class ThinConv2d(nn.Conv2d):
         k = self.kernel_size[0]
         n, _, height, width = x.shape
         pad, stride = self.padding[0], self.stride[0]
-        bias = self.bias if self.bias is not None else x.new_zeros(self.out_channels)
         if self.in_channels == 1:
             # (n, k*k, L) patches; every output channel is one row of the weight times them.
             patches = nn.functional.unfold(x, k, padding=pad, stride=stride)
             weight = self.weight.reshape(1, self.out_channels, k * k).expand(n, -1, -1)
-            y = torch.baddbmm(bias.view(1, -1, 1), weight, patches)
+            y = torch.baddbmm(self.bias.view(1, -1, 1), weight, patches)
             return y.view(n, self.out_channels, (height + 2 * pad - k) // stride + 1,
                           (width + 2 * pad - k) // stride + 1)
         # One output channel: every tap's weighted channel sum at every pixel, then fold adds
         # the k*k shifted maps; fold's sliding blocks read the kernel mirrored, hence the flip.
         taps = self.weight[0].flip(1, 2).permute(1, 2, 0).reshape(k * k, self.in_channels)
         per_tap = torch.matmul(taps, x.reshape(n, self.in_channels, height * width))
-        return nn.functional.fold(per_tap, (height, width), k, padding=pad) + bias.view(1, 1, 1, 1)
+        return nn.functional.fold(per_tap, (height, width), k, padding=pad) + self.bias.view(1, 1, 1, 1)
 
 
 def same_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
