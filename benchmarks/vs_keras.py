@@ -14,7 +14,9 @@ one Keras loop.
 
 Our side, twice: the bare step (`GAN.train_step()` with the preset as shipped, its own thread
 count; where bfloat16 passed the five-seed quality rule, BF16_PASSED, also `--precision bf16`
-in both networks and `bf16-d` in D only),
+in both networks and `bf16-d` in D only, on CPUs with bfloat16 arithmetic: `--bf16 auto`
+skips these sides where oneDNN reports none, since PyTorch then emulates it at a tenth of
+float32's speed and the windows take minutes for a figure no user would run),
 and what users run: `mnistgan train --preset P` from the command line, with the preset's
 logging, sample grids and checkpoints, its rate over the steps after the first 20 (process
 start-up, text 004's D pre-training and the first 20 iterations left out). A clock on
@@ -306,6 +308,22 @@ def run_one(side: str, preset: str, repeats: int, seconds: float, cli_seconds: f
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def wants_bf16(choice: str) -> bool:
+    """--bf16: "auto" runs the bfloat16 sides where oneDNN has bfloat16 arithmetic on this CPU."""
+    import torch
+
+    return choice == "on" or (choice == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def timed_sides(preset: str, bf16: bool) -> list[str]:
+    """The measurements of one preset's row, in the order the sides take turns."""
+    as_written = f"keras:{AS_WRITTEN[preset][0]}"
+    sides = list(dict.fromkeys([as_written, "keras:predict_on_batch", "ours:fp32", "cli"]))
+    if bf16 and preset in BF16_PASSED:
+        sides += ["ours:bf16", "ours:bf16-d"]
+    return sides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=PRESETS, choices=PRESETS)
@@ -318,6 +336,9 @@ def main() -> None:
                              "first logged step at or after 20 (start-up and D pre-training "
                              "before it): long enough to pass the presets' sample grids and "
                              "checkpoints")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="the bfloat16 sides: auto (default) where the CPU has bfloat16 "
+                             "arithmetic (AVX512-BF16 or AMX), on, or off")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,12 +362,11 @@ def main() -> None:
           "ours bf16 it/s | ours / faster Keras | ours bf16 in D it/s | ours / faster Keras | "
           "params G / D (both) | Keras: D learns, frozen in stack |")
     print("|---" * 14 + "|", flush=True)
+    bf16 = wants_bf16(args.bf16)
     results = {}
     for preset in args.presets:
         as_written = f"keras:{AS_WRITTEN[preset][0]}"
-        sides = list(dict.fromkeys([as_written, "keras:predict_on_batch", "ours:fp32", "cli"]))
-        if preset in BF16_PASSED:
-            sides += ["ours:bf16", "ours:bf16-d"]
+        sides = timed_sides(preset, bf16)
         runs: dict[str, list[dict]] = {s: [] for s in sides}
         for _ in range(args.rounds):
             for side in sides:
@@ -363,11 +383,11 @@ def main() -> None:
         share = statistics.median(one["step_share"] for one in runs["cli"])
         written = (f"{med[as_written]:.2f}" if as_written != "keras:predict_on_batch"
                    else "(predict_on_batch)")
-        bf16 = " | ".join(f"{med[s]:.2f} | {med[s] / keras:.2f}×" if s in med else "- | -"
-                          for s in ("ours:bf16", "ours:bf16-d"))
+        bf16_cells = " | ".join(f"{med[s]:.2f} | {med[s] / keras:.2f}×" if s in med else "- | -"
+                                for s in ("ours:bf16", "ours:bf16-d"))
         print(f"| {preset} | {batch} | {written} | {med['keras:predict_on_batch']:.2f} | "
               f"{med['ours:fp32']:.2f} ({o['threads']}) | {med['ours:fp32'] / keras:.2f}× | "
-              f"{med['cli']:.2f} | {share:.3f} | {bf16} | "
+              f"{med['cli']:.2f} | {share:.3f} | {bf16_cells} | "
               f"{o['params_g']:,} / {o['params_d']:,} | {'yes' if k['d_updated'] else 'no'} |", flush=True)
         results[preset] = {"median_it_s": med, "as_written": AS_WRITTEN[preset], "runs": runs}
     import tensorflow as tf
@@ -376,6 +396,8 @@ def main() -> None:
     print(f"\nmedians of {args.rounds} × {args.repeats} windows of {args.seconds:g} s per side "
           f"(`mnistgan train`: {args.rounds} runs, {args.cli_seconds:g} s of training timed in each), sides "
           f"alternating; TensorFlow {tf.__version__}, PyTorch {torch.__version__}")
+    if not bf16:
+        print("bfloat16 sides not run (--bf16 off, or auto on a CPU without bfloat16 arithmetic)")
     for preset in args.presets:
         print(f"{preset}: fakes as written: {AS_WRITTEN[preset][1]}")
     if args.json:

@@ -149,6 +149,20 @@ def test_vs_keras_times_the_command_line_and_the_step_inside_it(mnist_dir, monke
     assert 0.5 < result["step_share"] <= 1.0
 
 
+def test_vs_keras_runs_bfloat16_only_where_asked_or_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import torch
+    import vs_keras
+
+    assert vs_keras.wants_bf16("auto") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert vs_keras.wants_bf16("on") and not vs_keras.wants_bf16("off")
+    assert vs_keras.timed_sides("seed-000", bf16=False) == [
+        "keras:predict", "keras:predict_on_batch", "ours:fp32", "cli"]
+    assert vs_keras.timed_sides("seed-000", bf16=True)[-2:] == ["ours:bf16", "ours:bf16-d"]
+    # text 002's author's loop is predict_on_batch: one Keras side, and bf16 never passed its rule
+    assert vs_keras.timed_sides("seed-002", bf16=True) == ["keras:predict_on_batch", "ours:fp32", "cli"]
+
+
 def test_compile_step_times_both_settings_and_their_ratio(mnist_dir):
     out = run_script("compile_step.py", "--presets", "seed-002", "--seconds", "0.2", "--rounds", "2")
     row = [line for line in out.splitlines() if line.startswith("| seed-002")]

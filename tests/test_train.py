@@ -485,11 +485,13 @@ def test_the_presets_compiled_step_runs_from_the_command_line(tmp_path, mnist_di
 
 def test_a_step_that_cannot_compile_runs_op_by_op_from_the_same_draws(monkeypatch, mnist_dir, capsys):
     """No C++ compiler (or any compiler failure): one note, and the eager step, exactly."""
+    import torch._inductor
+
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler found")
 
     eager, _ = losses_of("seed-002", {"eager": (["train.compile_step=false"], 0.0, "")}, mnist_dir, steps=5)
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch._inductor, "compile", broken)
     fallback, captured = losses_of("seed-002", {"compiled": (["train.compile_step=true"], 0.0, "")},
                                    mnist_dir, steps=5)
     torch.testing.assert_close(fallback["compiled"], eager["eager"], rtol=0, atol=0)

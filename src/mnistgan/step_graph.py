@@ -164,9 +164,16 @@ class StepGraph:
             return self._math(list(args[:n_state]), args[n_state],
                               [next(values) if slot else None for slot in slots])
 
+        inputs = [*state, scales, *_tensors(draws)]
         with capturing(), torch.no_grad():
-            graph = make_fx(step, tracing_mode="fake")(*state, scales, *_tensors(draws))
-        return torch.compile(graph, fullgraph=True)
+            graph = make_fx(step, tracing_mode="fake")(*inputs)
+        # Inductor straight on the traced graph, not torch.compile: Dynamo would trace it a
+        # second time and check ~100 guards on every call, 8-11 % of the MLP presets' step
+        # (BENCHMARKS.md). The graph's inputs keep their shapes and strides between steps, and
+        # inductor's own size and stride checks on them stay on.
+        import torch._inductor as inductor
+
+        return inductor.compile(graph, inputs)
 
     def _math(self, state: list[torch.Tensor], scales: torch.Tensor,
               draws: list[torch.Tensor | None]) -> torch.Tensor:
