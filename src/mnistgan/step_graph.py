@@ -168,7 +168,7 @@ class StepGraph:
         with capturing(), torch.no_grad():
             graph = make_fx(step, tracing_mode="fake")(*inputs)
         # Inductor straight on the traced graph, not torch.compile: Dynamo would trace it a
-        # second time and check ~100 guards on every call, 8-11 % of the MLP presets' step
+        # second time and check ~100 guards on every call, 4-12 % of the MLP presets' step
         # (BENCHMARKS.md). The graph's inputs keep their shapes and strides between steps, and
         # inductor's own size and stride checks on them stay on.
         import torch._inductor as inductor
