@@ -517,6 +517,33 @@ def test_a_step_the_graph_does_not_cover_runs_op_by_op_with_a_note(overrides, re
     assert torch.isfinite(gan.train_step()).all()
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this PyTorch")
+def test_the_compiled_step_calls_onednn_without_python(monkeypatch, mnist_dir):
+    """The graph calls oneDNN's kernel itself (step_graph lowers our product operator to it): a
+    step never enters the operator's Python body, which the eager step runs for every product."""
+    import torch._inductor.config
+
+    import mnistgan.models.dense as dense
+    from mnistgan.data import ImageBank
+    from mnistgan.train import GAN
+
+    calls = []
+    kernel = dense._LINEAR
+    monkeypatch.setattr(dense, "_LINEAR", lambda *args: calls.append(1) or kernel(*args))
+    # A graph compiled earlier and cached would prove nothing about this code.
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
+    data = ImageBank.load("mnist", "train", str(mnist_dir), [], "tanh")
+    for setting, python_calls in (("false", True), ("true", False)):
+        config = tiny("seed-002", extra=["train.batch_size=32", "train.dense_kernel=onednn",
+                                         f"train.compile_step={setting}"])
+        gan = GAN(config, data, torch.device("cpu"))
+        gan.train_step()  # the compiled step's first call traces and compiles
+        calls.clear()
+        for _ in range(3):
+            assert torch.isfinite(gan.train_step()).all()
+        assert bool(calls) is python_calls, setting
+
+
 def test_a_compiled_run_resumes_from_its_checkpoint_state(mnist_dir):
     """The graph updates the optimisers' own state: a GAN loaded from another's state_dict
     continues exactly as the original does."""

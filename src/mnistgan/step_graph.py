@@ -170,10 +170,14 @@ class StepGraph:
         # Inductor straight on the traced graph, not torch.compile: Dynamo would trace it a
         # second time and check ~100 guards on every call, 4-12 % of the MLP presets' step
         # (BENCHMARKS.md). The graph's inputs keep their shapes and strides between steps, and
-        # inductor's own size and stride checks on them stay on.
+        # inductor's own size and stride checks on them stay on. With the products lowered to
+        # oneDNN's kernel, nothing in the graph calls back into Python, so its wrapper can be
+        # C++ too: another ~5 % of the MLP presets' step (BENCHMARKS.md).
         import torch._inductor as inductor
 
-        return inductor.compile(graph, inputs)
+        _lower_products_to_onednn()
+        with inductor.config.patch(cpp_wrapper=True):
+            return inductor.compile(graph, inputs)
 
     def _math(self, state: list[torch.Tensor], scales: torch.Tensor,
               draws: list[torch.Tensor | None]) -> torch.Tensor:
@@ -250,6 +254,24 @@ class StepGraph:
         p_real, p_fake = torch.sigmoid(logits_real), torch.sigmoid(logits_fake)
         return torch.stack([d_loss, g_loss.detach(), p_real.mean(), p_fake.mean(),
                             (p_real > 0.5).float().mean(), (p_fake < 0.5).float().mean()])
+
+
+def _lower_products_to_onednn() -> None:
+    """Have inductor call oneDNN's linear kernel where the graph has our product operator
+    (models/dense.py), instead of our operator's Python body: inductor's own lowering of that
+    kernel takes only frozen (constant) weights, ours are the graph's inputs. Once a process."""
+    from torch._inductor import lowering
+
+    if not hasattr(torch.ops.mnistgan, "onednn_linear"):  # no oneDNN: the graph has no such op
+        return
+    ours = torch.ops.mnistgan.onednn_linear.default
+    if ours in lowering.lowerings:
+        return
+    onednn = lowering.fallback_handler(torch.ops.mkldnn._linear_pointwise.default, add_to_fallback_set=False)
+
+    @lowering.register_lowering(ours, type_promotion_kind=None)
+    def _(x: object, weight: object, bias: object = None) -> object:
+        return onednn(x, weight, bias, "none", [], "")
 
 
 def _tensors(draws: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
