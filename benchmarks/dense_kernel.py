@@ -27,18 +27,29 @@ KERNELS = ("blas", "onednn")
 
 
 def product_rate(rows: int, inner: int, cols: int, kernel: str, reps: int = 100,
-                 dtype: torch.dtype = torch.float32) -> float:
+                 dtype: torch.dtype = torch.float32, cold: bool = False) -> float:
     """GFLOP/s of one rows x inner @ inner x cols product, hot in cache (bfloat16: "blas" only,
-    which PyTorch sends to oneDNN, on AMX where the CPU has it)."""
+    which PyTorch sends to oneDNN, on AMX where the CPU has it); with `cold`, its operands
+    evicted before each call by writing a 64 MB buffer (twice the L3 of the hosts measured),
+    the median call timed."""
     a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
     bt = b.t().contiguous()  # oneDNN's linear takes the weight as (out, in), as nn.Linear stores it
     run = (lambda: torch.mm(a, b)) if kernel == "blas" else (lambda: onednn_linear(a, bt))
     for _ in range(5):
         run()
+    flop = 2 * rows * inner * cols
+    if cold:
+        evict, times = torch.empty(16 << 20), []
+        for _ in range(reps):
+            evict.add_(1.0)
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return flop / statistics.median(times) / 1e9
     t0 = time.perf_counter()
     for _ in range(reps):
         run()
-    return 2 * rows * inner * cols * reps / (time.perf_counter() - t0) / 1e9
+    return flop * reps / (time.perf_counter() - t0) / 1e9
 
 
 def step_rates(preset: str, threads: list[int], seconds: float,

@@ -1,9 +1,10 @@
 """Where one preset's training step spends its time: torch.profiler over a run of steps.
 
-Prints the step time, the share taken by matrix multiplications (each shape's time and its
-GFLOP/s against the same multiplication timed alone, in a loop, with its operands hot in
-cache), and the costliest ops. This is the "profile before changing" tool behind the table
-of hypotheses in BENCHMARKS.md.
+Prints the step time (for a compiled step also its split, unprofiled, between the graph and
+the host's work around it), the share taken by matrix multiplications (each shape's time and
+its GFLOP/s against the same multiplication timed alone: in a loop with its operands hot in
+cache, and with its operands evicted to memory before each call), and the costliest ops. This
+is the "profile before changing" tool behind the table of hypotheses in BENCHMARKS.md.
 
     python benchmarks/profile_step.py seed-001 --threads 1
 """
@@ -27,12 +28,36 @@ from mnistgan.train import bare_gan
 GEMM_OPS = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")
 
 
-def alone_ms(a_shape: list[int], b_shape: list[int], onednn: bool, reps: int = 200) -> float:
+def alone_ms(a_shape: list[int], b_shape: list[int], onednn: bool, reps: int = 200,
+             cold: bool = False) -> float:
     """One multiplication of these shapes timed alone, on the same kernel as in the step: what
-    the hardware gives it when hot."""
+    the hardware gives it hot in cache, or with its operands fetched from memory (`cold`)."""
     (rows, inner), (_, cols) = a_shape, b_shape
-    rate = product_rate(rows, inner, cols, "onednn" if onednn else "blas", reps)
+    rate = product_rate(rows, inner, cols, "onednn" if onednn else "blas", reps, cold=cold)
     return 2 * rows * inner * cols / rate / 1e6
+
+
+def graph_ms(gan: object, steps: int) -> float | None:
+    """ms a step inside the compiled graph (train.compile_step), unprofiled; None without one.
+    The rest of a step is the host's: the random draws, learning rates and counters."""
+    step_graph = getattr(gan, "step_graph", None)
+    if step_graph is None or step_graph.compiled is None:
+        return None
+    graph, inside = step_graph.compiled, [0.0]
+
+    def clocked(*args: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        row = graph(*args)
+        inside[0] += time.perf_counter() - t0
+        return row
+
+    step_graph.compiled = clocked
+    try:
+        for _ in range(steps):
+            gan.train_step()
+    finally:
+        step_graph.compiled = graph
+    return inside[0] / steps * 1e3
 
 
 def main() -> None:
@@ -51,6 +76,7 @@ def main() -> None:
     for _ in range(args.steps):
         gan.train_step()
     step_ms = (time.perf_counter() - t0) / args.steps * 1e3
+    in_graph = graph_ms(gan, args.steps)
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.steps):
@@ -69,9 +95,13 @@ def main() -> None:
     print(f"{args.preset}, {args.threads} thread(s): {step_ms:.2f} ms a step unprofiled "
           f"({1e3 / step_ms:.1f} it/s); profiled self time {sum(per_step.values()):.2f} ms, "
           f"of which matmuls {sum(ms for ms, _ in gemms.values()):.2f} ms")
-    print("\n| matmul (op, operands) | calls a step | ms a step | GFLOP/s in the step | GFLOP/s alone |")
-    print("|---|---|---|---|---|")
-    total_alone = 0.0
+    if in_graph is not None:
+        print(f"unprofiled, the compiled graph {in_graph:.2f} ms a step; the host around it "
+              f"{step_ms - in_graph:.2f} ms (draws, learning rates, counters)")
+    print("\n| matmul (op, operands) | calls a step | ms a step | GFLOP/s in the step | GFLOP/s alone, hot "
+          "| GFLOP/s alone, cold |")
+    print("|---|---|---|---|---|---|")
+    total_alone = total_cold = 0.0
     for key, (ms, calls) in sorted(gemms.items(), key=lambda item: -item[1][0]):
         op, shapes = key.split(" ", 1)
         onednn = op.startswith("mkldnn")
@@ -79,11 +109,13 @@ def main() -> None:
         a, b = (matrices[0], matrices[1][::-1]) if onednn else matrices[-2:]
         flop = 2 * a[0] * a[1] * b[1] * calls
         alone = alone_ms(a, b, onednn) * calls
+        cold = alone_ms(a, b, onednn, reps=50, cold=True) * calls
         total_alone += alone
+        total_cold += cold
         print(f"| {op.split('::')[1]} {a[0]}x{a[1]} @ {b[0]}x{b[1]} | {calls:.0f} | {ms:.3f} | "
-              f"{flop / ms / 1e6:.0f} | "
-              f"{flop / alone / 1e6:.0f} |")
-    print(f"\nthe same matmuls timed alone: {total_alone:.2f} ms a step")
+              f"{flop / ms / 1e6:.0f} | {flop / alone / 1e6:.0f} | {flop / cold / 1e6:.0f} |")
+    print(f"\nthe same matmuls timed alone: {total_alone:.2f} ms a step hot in cache, "
+          f"{total_cold:.2f} ms with their operands in memory")
     print("\n| op | ms a step |\n|---|---|")
     for key, ms in per_step.most_common(12):
         print(f"| {key} | {ms:.3f} |")

@@ -91,14 +91,23 @@ def test_dense_kernel_times_both_kernels_on_every_thread_count(mnist_dir):
 def test_profile_step_tables_the_products_of_a_step_by_shape(mnist_dir):
     out = run_script("profile_step.py", "seed-002", "--threads", "1", "--steps", "3",
                      "--set", "train.compile_step=false")  # op by op: the products are separate ops
-    products = {r[1].strip(): r[2:6] for r in (line.split("|") for line in out.splitlines())
-                if r[0] == "" and len(r) == 7 and " @ " in r[1]}
+    products = {r[1].strip(): r[2:7] for r in (line.split("|") for line in out.splitlines())
+                if r[0] == "" and len(r) == 8 and " @ " in r[1]}
     # text 002's forward products: D's hidden layer on real, fake and in G's step; G's two once
     assert products["addmm 64x784 @ 784x128"][0].strip() == "3"
     assert products["addmm 64x100 @ 100x128"][0].strip() == "1"
     assert products["addmm 64x128 @ 128x784"][0].strip() == "1"
-    assert all(float(ms) > 0 and float(alone) > 0 for _, ms, _, alone in products.values())
+    assert all(float(ms) > 0 and float(hot) > 0 and float(cold) > 0
+               for _, ms, _, hot, cold in products.values())
     assert "ms a step unprofiled" in out and "| aten::mm |" in out
+    assert "ms with their operands in memory" in out and "compiled graph" not in out
+
+
+def test_profile_step_splits_a_compiled_step_between_its_graph_and_the_host(mnist_dir):
+    out = run_script("profile_step.py", "seed-002", "--threads", "1", "--steps", "3")
+    line = next(line for line in out.splitlines() if line.startswith("unprofiled, the compiled graph"))
+    graph_ms, host_ms = (float(word) for word in line.replace(";", " ").split() if word[0].isdigit())
+    assert graph_ms > 0 and host_ms > 0
 
 
 def test_layer_rate_replays_every_layer_call_of_a_step(mnist_dir):
