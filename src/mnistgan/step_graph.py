@@ -176,7 +176,10 @@ class StepGraph:
         import torch._inductor as inductor
 
         _lower_products_to_onednn()
-        with inductor.config.patch(cpp_wrapper=True):
+        # Inductor's cache keys do not see a lowering registered from outside: the tag keeps a
+        # graph compiled without ours (an older mnistgan) from being reused.
+        tag = f"{torch.compiler.config.cache_key_tag}|mnistgan: products lowered to oneDNN"
+        with inductor.config.patch(cpp_wrapper=True), torch.compiler.config.patch(cache_key_tag=tag):
             return inductor.compile(graph, inputs)
 
     def _math(self, state: list[torch.Tensor], scales: torch.Tensor,
