@@ -37,6 +37,11 @@ def alone_ms(a_shape: list[int], b_shape: list[int], onednn: bool, reps: int = 2
     return 2 * rows * inner * cols / rate / 1e6
 
 
+def rate(gflop_s: float) -> str:
+    """A rate for the table: whole GFLOP/s, two digits below 10 (D's one-unit head runs at ~1)."""
+    return f"{gflop_s:.0f}" if gflop_s >= 10 else f"{gflop_s:.2g}"
+
+
 def unprofiled_ms(gan: object, steps: int) -> tuple[float, float | None]:
     """ms a step, and of it ms inside the compiled graph (train.compile_step; None without one),
     both clocked over the same steps. The rest of a step is the host's: the random draws,
@@ -113,7 +118,7 @@ def main() -> None:
         total_alone += alone
         total_cold += cold
         print(f"| {op.split('::')[1]} {a[0]}x{a[1]} @ {b[0]}x{b[1]} | {calls:.0f} | {ms:.3f} | "
-              f"{flop / ms / 1e6:.0f} | {flop / alone / 1e6:.0f} | {flop / cold / 1e6:.0f} |")
+              f"{rate(flop / ms / 1e6)} | {rate(flop / alone / 1e6)} | {rate(flop / cold / 1e6)} |")
     print(f"\nthe same matmuls timed alone: {total_alone:.2f} ms a step hot in cache, "
           f"{total_cold:.2f} ms with their operands in memory")
     print("\n| op | ms a step |\n|---|---|")

@@ -172,7 +172,7 @@ class StepGraph:
         # (BENCHMARKS.md). The graph's inputs keep their shapes and strides between steps, and
         # inductor's own size and stride checks on them stay on. With the products lowered to
         # oneDNN's kernel, nothing in the graph calls back into Python, so its wrapper can be
-        # C++ too: another ~5 % of the MLP presets' step (BENCHMARKS.md).
+        # C++ too: another 1-7 % of the MLP presets' step (BENCHMARKS.md).
         import torch._inductor as inductor
 
         _lower_products_to_onednn()
