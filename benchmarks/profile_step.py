@@ -37,7 +37,7 @@ def alone_ms(a_shape: list[int], b_shape: list[int], onednn: bool, reps: int = 2
     return 2 * rows * inner * cols / rate / 1e6
 
 
-def rate(gflop_s: float) -> str:
+def rate_cell(gflop_s: float) -> str:
     """A rate for the table: whole GFLOP/s, two digits below 10 (D's one-unit head runs at ~1)."""
     return f"{gflop_s:.0f}" if gflop_s >= 10 else f"{gflop_s:.2g}"
 
@@ -118,7 +118,7 @@ def main() -> None:
         total_alone += alone
         total_cold += cold
         print(f"| {op.split('::')[1]} {a[0]}x{a[1]} @ {b[0]}x{b[1]} | {calls:.0f} | {ms:.3f} | "
-              f"{rate(flop / ms / 1e6)} | {rate(flop / alone / 1e6)} | {rate(flop / cold / 1e6)} |")
+              + " | ".join(rate_cell(flop / t / 1e6) for t in (ms, alone, cold)) + " |")
     print(f"\nthe same matmuls timed alone: {total_alone:.2f} ms a step hot in cache, "
           f"{total_cold:.2f} ms with their operands in memory")
     print("\n| op | ms a step |\n|---|---|")
