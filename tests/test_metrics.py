@@ -39,6 +39,15 @@ def test_precision_recall_of_one_repeated_point():
     assert p == 1.0 and r < 0.05
 
 
+def test_knn_radii_are_the_kth_neighbour_and_a_kept_reference_radius_changes_nothing():
+    real, fake = gaussians(n=3000), gaussians(n=500, seed=3, shift=0.5)
+    by_sorting = torch.cdist(real, real).sort(dim=1).values[:, scores.PR_K]  # [:, 0]: the point itself
+    radii = scores.knn_radius(real, chunk=1024)  # chunks that do not divide the set
+    assert torch.equal(radii, by_sorting)
+    assert scores.precision_recall(real, fake, real_radii=radii) == scores.precision_recall(real, fake)
+    assert scores.recall(real, fake) == scores.precision_recall(real, fake)[1]
+
+
 def test_classifier_score_extremes():
     confident = F.one_hot(torch.arange(1000) % 10, 10).float()
     assert scores.classifier_score(confident)[0] == pytest.approx(10, rel=1e-3)

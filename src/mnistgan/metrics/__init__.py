@@ -16,7 +16,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
@@ -46,6 +46,12 @@ class FeatureSet:
 
     def digits(self) -> torch.Tensor:
         return self.probs.argmax(1) if self.labels is None else self.labels
+
+    @cached_property
+    def knn_radii(self) -> torch.Tensor:
+        """Each point's k-NN radius in its own set: for the reference's test set, computed once
+        a process and reused by every evaluation (training's included) and by the floor."""
+        return scores.knn_radius(self.features.float())
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,8 @@ def _kid(gen: FeatureSet, ref: Reference) -> dict[str, float]:
 
 
 def _pr(gen: FeatureSet, ref: Reference) -> dict[str, float]:
-    precision, recall = scores.precision_recall(ref.test.features, gen.features)
+    precision, recall = scores.precision_recall(ref.test.features, gen.features,
+                                                 real_radii=ref.test.knn_radii)
     return {"precision": precision, "recall": recall}
 
 
@@ -142,7 +149,7 @@ def _per_digit(gen: FeatureSet, ref: Reference) -> dict[str, float]:
         mine, theirs = gen.features[gen_digits == d], ref.test.features[ref_digits == d]
         if len(mine) >= MIN_SAMPLES:
             out[f"fid_{d}"] = scores.fid(mine, theirs)
-            out[f"recall_{d}"] = scores.precision_recall(theirs, mine)[1]
+            out[f"recall_{d}"] = scores.recall(theirs, mine)
     measured = [d for d in ref.digits if f"fid_{d}" in out]
     if measured:
         worst = max(measured, key=lambda d: out[f"fid_{d}"])
