@@ -31,11 +31,17 @@ def product_rate(rows: int, inner: int, cols: int, kernel: str, reps: int = 100,
     """GFLOP/s of one rows x inner @ inner x cols product, hot in cache (bfloat16: "blas" only,
     which PyTorch sends to oneDNN, on AMX where the CPU has it); with `cold`, its operands
     evicted before each call by writing a 64 MB buffer (twice the L3 of the hosts measured),
-    the median call timed."""
+    the median call timed. A call slower than 0.1 s (bfloat16 emulated on a CPU without it: a
+    1024^3 product at ~1 GFLOP/s) gets fewer warm-up calls and `reps`, about 2 s in all."""
     a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
     bt = b.t().contiguous()  # oneDNN's linear takes the weight as (out, in), as nn.Linear stores it
     run = (lambda: torch.mm(a, b)) if kernel == "blas" else (lambda: onednn_linear(a, bt))
-    for _ in range(5):
+    t0 = time.perf_counter()
+    run()
+    once = time.perf_counter() - t0
+    if once > 0.1:
+        reps = max(2, min(reps, int(1.5 / once)))
+    for _ in range(4 if once <= 0.1 else 0):
         run()
     flop = 2 * rows * inner * cols
     if cold:
