@@ -257,6 +257,9 @@ def _build(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Pat
         state[key] = value
     model.load_state_dict(state)
     model.eval()
+    # NHWC weights put every convolution on oneDNN's channels-last path: 1.65x the images a
+    # second on this CPU, features equal to a few parts in 10^6 (BENCHMARKS.md, evaluate).
+    model.to(memory_format=torch.channels_last)
     # Evaluation only needs gradients with respect to inputs, if any; frozen weights also make
     # the shared cached model safe from accidental optimiser steps.
     model.requires_grad_(False)
