@@ -41,8 +41,9 @@ def product_rate(rows: int, inner: int, cols: int, kernel: str, reps: int = 100,
     once = time.perf_counter() - t0
     if once > 0.1:
         reps = max(2, min(reps, int(1.5 / once)))
-    for _ in range(4 if once <= 0.1 else 0):
-        run()
+    else:
+        for _ in range(4):
+            run()
     flop = 2 * rows * inner * cols
     if cold:
         evict, times = torch.empty(16 << 20), []
