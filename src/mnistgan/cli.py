@@ -124,7 +124,8 @@ def build_parser() -> Parser:
                    help="one row per digit, --n per row (class-conditional models; default 10)")
 
     p = sub.add_parser("evaluate", help="sample-quality metrics with the real-data floor")
-    p.add_argument("source", help="run folder, generator .safetensors, or an (N, 28, 28) uint8 .npy")
+    p.add_argument("source", help="run folder, one of its checkpoint folders, generator .safetensors, "
+                                  "or an (N, 28, 28) uint8 .npy")
     p.add_argument("--n", type=positive_int, default=10000, help="samples to draw (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--draws", type=positive_int, default=1,
