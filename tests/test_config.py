@@ -55,6 +55,16 @@ def test_overrides_are_typed():
     assert isinstance(load_config("seed-001", ["train.d_lr=1"]).train.d_lr, float)
 
 
+def test_a_length_in_epochs_replaces_the_presets_length_in_steps():
+    """seed-001 sets train.steps, which wins over epochs: an override asking for epochs alone
+    must not be silently ignored (the command line's --epochs goes through the same rule)."""
+    c = load_config("seed-001", ["train.epochs=5"])
+    assert (c.train.steps, c.train.epochs) == (0, 5.0)
+    assert load_config("seed-001", ["train.epochs=5", "train.steps=7"]).train.steps == 7
+    assert load_config("seed-001", ["train.steps=7", "train.epochs=5"]).train.steps == 7
+    assert load_config("best", ["train.steps=7"]).train.steps == 7
+    assert load_config("seed-001").train.steps == 100000
+
 def test_switching_architecture_by_override():
     c = load_config("seed-001", ["generator.arch=conv", "generator.start_channels=32"])
     assert isinstance(c.generator, ConvGeneratorConfig) and c.generator.start_channels == 32

@@ -218,7 +218,7 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     if args.epochs is not None:
-        overrides += [f"train.epochs={args.epochs}", "train.steps=0"]
+        overrides.append(f"train.epochs={args.epochs}")
     for name, (key, _, _) in NAMED.items():
         value = getattr(args, name)
         if value is not None:

@@ -336,10 +336,11 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def load_config(preset: str = "seed-001", overrides: list[str] | None = None) -> Config:
     """Read a preset (name, .toml path, or a run's config.json) and apply `section.key=value`
-    overrides."""
+    overrides. `train.epochs` given without `train.steps` sets the run's length in epochs."""
     path = preset_path(preset)
     raw = read_toml(path) if path.suffix != ".json" else config_from_json(
         path.read_text(encoding="utf-8"), str(path)).to_dict()
+    keys = set()
     for item in overrides or []:
         key, value = parse_override(item)
         section = raw.get(key.split(".")[0])
@@ -347,6 +348,10 @@ def load_config(preset: str = "seed-001", overrides: list[str] | None = None) ->
             # Another architecture has other keys: start it from its own defaults.
             raw[key.split(".")[0]] = {}
         set_dotted(raw, key, value)
+        keys.add(key)
+    if "train.epochs" in keys and "train.steps" not in keys:
+        # A length asked for in epochs replaces the preset's length in steps, which would win.
+        set_dotted(raw, "train.steps", 0)
     return config_from_dict(raw)
 
 
