@@ -65,6 +65,7 @@ def test_a_length_in_epochs_replaces_the_presets_length_in_steps():
     assert load_config("best", ["train.steps=7"]).train.steps == 7
     assert load_config("seed-001").train.steps == 100000
 
+
 def test_switching_architecture_by_override():
     c = load_config("seed-001", ["generator.arch=conv", "generator.start_channels=32"])
     assert isinstance(c.generator, ConvGeneratorConfig) and c.generator.start_channels == 32

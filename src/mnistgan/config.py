@@ -340,7 +340,7 @@ def load_config(preset: str = "seed-001", overrides: list[str] | None = None) ->
     path = preset_path(preset)
     raw = read_toml(path) if path.suffix != ".json" else config_from_json(
         path.read_text(encoding="utf-8"), str(path)).to_dict()
-    keys = set()
+    keys: set[str] = set()
     for item in overrides or []:
         key, value = parse_override(item)
         section = raw.get(key.split(".")[0])
