@@ -343,10 +343,11 @@ def load_config(preset: str = "seed-001", overrides: list[str] | None = None) ->
     keys: set[str] = set()
     for item in overrides or []:
         key, value = parse_override(item)
-        section = raw.get(key.split(".")[0])
+        section_name = key.partition(".")[0]
+        section = raw.get(section_name)
         if key.endswith(".arch") and isinstance(section, dict) and section.get("arch") != value:
             # Another architecture has other keys: start it from its own defaults.
-            raw[key.split(".")[0]] = {}
+            raw[section_name] = {}
         set_dotted(raw, key, value)
         keys.add(key)
     if "train.epochs" in keys and "train.steps" not in keys:
