@@ -12,6 +12,7 @@ from PIL import Image
 from mnistgan import UserError, load_config, load_generator, train
 from mnistgan.augment import TRANSFORMS, augment
 from mnistgan.cli import main
+from mnistgan.data import read_idx
 from mnistgan.models import build_discriminator, build_generator
 from mnistgan.models.common import ClassBatchNorm
 from mnistgan.train import GAN, class_rows
@@ -135,18 +136,23 @@ def conditional_run(tmp_path_factory, mnist_dir):
     return train(load_config("best", TINY_BEST), out=out, progress=False).run_dir
 
 
-def test_sample_digit_and_grid_by_class(conditional_run, tmp_path):
+def test_sample_digit_and_grid_by_class(conditional_run, tmp_path, mnist_dir):
     gen = load_generator(conditional_run)
     assert gen.classes == list(range(10))
     sevens = gen.sample(6, seed=1, digit=7)
     twos = gen.sample(6, seed=1, digit=2)
     assert sevens.shape == (6, 28, 28) and not np.array_equal(sevens, twos)
-    # Without --digit, digits are drawn at random (as training and a user's sampling do, so
-    # evaluation sees what users see), reproducibly per seed.
-    drawn = gen.labels(5000, seed=3)
-    assert torch.equal(drawn, gen.labels(5000, seed=3)) and not torch.equal(drawn, gen.labels(5000, seed=4))
-    counts = torch.bincount(drawn, minlength=10)
-    assert counts.min() > 400 and counts.max() < 600, counts
+    # Without --digit, digits are drawn at random with their shares of the training images,
+    # which training recorded (so evaluation sees what users see), reproducibly per seed.
+    labels = torch.from_numpy(read_idx(next(mnist_dir.glob("train-labels*"))).astype(np.int64))
+    shares = torch.bincount(labels, minlength=10).double() / len(labels)
+    assert gen.config.data.digit_frequencies == pytest.approx(shares.tolist(), abs=1e-6)
+    drawn = gen.labels(50_000, seed=3)
+    assert torch.equal(drawn, gen.labels(50_000, seed=3))
+    assert not torch.equal(drawn, gen.labels(50_000, seed=4))
+    drawn_shares = torch.bincount(drawn, minlength=10).double() / len(drawn)
+    assert (drawn_shares - shares).abs().max() < 0.006, drawn_shares  # ~4.5 sd of a share
+    assert drawn_shares[1] > drawn_shares[5] + 0.015  # MNIST: 11.2 % ones, 9.0 % fives
 
     assert main(["sample", str(conditional_run), "--digit", "7", "--n", "5",
                  "--npy", str(tmp_path / "s.npy")]) == 0
@@ -155,6 +161,33 @@ def test_sample_digit_and_grid_by_class(conditional_run, tmp_path):
                  "--out", str(tmp_path / "grid.png")]) == 0
     width, height = Image.open(tmp_path / "grid.png").size
     assert width / height == pytest.approx(6 / 10, rel=0.1)  # ten rows of six
+
+
+def test_a_generator_saved_before_digit_shares_were_recorded_draws_digits_uniformly(
+        conditional_run, tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    saved = conditional_run / "generator.safetensors"
+    with safe_open(saved, "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(saved)
+    config = json.loads(metadata["config"])
+    del config["data"]["digit_frequencies"]
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, old, metadata=metadata | {"config": json.dumps(config)})
+    gen = load_generator(old)
+    assert gen.config.data.digit_frequencies == []
+    drawn = torch.bincount(gen.labels(50_000, seed=3), minlength=10).double() / 50_000
+    assert (drawn - 0.1).abs().max() < 0.006, drawn
+    threads = torch.get_num_threads()
+    try:
+        assert main(["evaluate", str(old), "--n", "200", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "digits asked for: drawn uniformly (the run predates" in capsys.readouterr().out
 
 
 def test_digit_requests_that_cannot_be_met_are_clear_errors(conditional_run, tmp_path, capsys):
@@ -190,6 +223,7 @@ def test_evaluate_reports_conditional_accuracy(conditional_run, tmp_path, capsys
         torch.set_num_threads(threads)
     table = capsys.readouterr().out
     assert "conditional accuracy" in table
+    assert "digits asked for: drawn with their shares of the training images" in table
     import json
 
     result = json.loads(out.read_text())

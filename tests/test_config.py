@@ -95,6 +95,9 @@ def test_switching_architecture_by_override():
     ("train.mode_seeking=-1", "0 (off) or more"),
     ("train.top_k=0", "must be in (0, 1]"),
     ("train.top_k=1.5", "must be in (0, 1]"),
+    ("data.digit_frequencies=[0.5,0.5]", "needs 10 shares"),
+    ("data.digit_frequencies=[-1,1,1,1,1,1,1,1,1,1]", "none negative"),
+    ("data.digit_frequencies=[0,0,0,0,0,0,0,0,0,0]", "not all 0"),
 ])
 def test_bad_overrides_are_clear_errors(override, words):
     with pytest.raises(UserError) as err:

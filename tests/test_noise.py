@@ -57,3 +57,13 @@ def test_sample_labels_draws_only_the_given_digits_uniformly_and_repeatably():
     assert (counts[classes] - 10_000).abs().max() < 400  # ~7 sd of a binomial count
     again = sample_labels(classes, 30_000, torch.Generator().manual_seed(3))
     assert torch.equal(labels, again)
+
+
+def test_sample_labels_follows_given_frequencies_and_never_draws_a_zero_share():
+    classes = torch.tensor([2, 5, 7])
+    labels = sample_labels(classes, 30_000, torch.Generator().manual_seed(3), [0.7, 0.0, 0.3])
+    counts = torch.bincount(labels, minlength=10)
+    assert counts[5] == 0 and counts.sum() == 30_000
+    assert abs(counts[2].item() - 21_000) < 450  # ~6 sd of a binomial count
+    again = sample_labels(classes, 30_000, torch.Generator().manual_seed(3), [0.7, 0.0, 0.3])
+    assert torch.equal(labels, again)

@@ -357,6 +357,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result["step"] = gen.step
         if gen.origin:
             result["origin"] = gen.origin
+        if gen.classes:
+            result["digits_drawn"] = ("with their shares of the training images"
+                                      if gen.config.data.digit_frequencies else
+                                      "uniformly (the run predates recorded digit shares)")
     print(format_table(result))
     for target in targets:
         atomic_write(target, json.dumps(result, indent=2).encode())

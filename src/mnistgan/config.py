@@ -71,6 +71,13 @@ class DataConfig:
     # Class-conditional: G and D are given each image's digit label (G as a one-hot code
     # beside the noise, D as `discriminator.conditioning` says), so a user can ask for a digit.
     conditional: bool = False
+    # Each digit's share of the training images (in the order of `digits`, or 0-9), recorded
+    # by training a conditional run. Sampling without a digit (`mnistgan sample`, `evaluate`,
+    # the server) draws digits with these shares, so that samples have the data's proportions:
+    # MNIST's test set, which the scores compare against, has 11.4 % ones and 8.9 % fives, and
+    # uniform digits cost Inception-FID 0.05 on real images alone (BENCHMARKS.md). Empty:
+    # uniform (runs trained before it was recorded). G trains on uniformly drawn digits.
+    digit_frequencies: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -558,6 +565,12 @@ def check_values(c: Config) -> None:
     need(t.grid_size >= 1, "train.grid_size must be at least 1")
     check_digits(c.data.digits, "data.digits")
     need(len(set(c.data.digits)) == len(c.data.digits), "data.digits lists a digit twice")
+    shares = c.data.digit_frequencies
+    if shares:
+        classes = len(c.data.digits) or 10
+        need(len(shares) == classes and min(shares) >= 0 and sum(shares) > 0,
+             f"data.digit_frequencies needs {classes} shares, none negative, not all 0 (one per digit "
+             f"of data.digits, or of 0-9); leave it empty and training records the data's")
     need(c.noise.dim >= 1, f"noise.dim = {c.noise.dim} must be at least 1")
     need(c.noise.high > c.noise.low, "noise.high must be greater than noise.low")
     g, d = c.generator, c.discriminator

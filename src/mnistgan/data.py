@@ -669,6 +669,12 @@ class ImageBank:
     def to(self, device: torch.device | str) -> ImageBank:
         return ImageBank(self.images.to(device), self.labels.to(device), self.value_range)
 
+    def shares(self, classes: Sequence[int]) -> list[float]:
+        """Each of `classes`' share of the images (rounded to 6 places: a record, not a weight
+        that needs every digit)."""
+        counts = torch.bincount(self.labels.cpu(), minlength=CLASSES)[list(classes)].double()
+        return [round(x, 6) for x in (counts / counts.sum()).tolist()]
+
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         """float32 (B, 1, 28, 28), scaled from the uint8 pixels only for this batch."""
         return scale_images(self.images[index.to(self.images.device)], self.value_range)

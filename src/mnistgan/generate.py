@@ -71,9 +71,9 @@ class TrainedGenerator:
         return sample_noise(noise_config, n, torch.Generator(self.device).manual_seed(seed), self.device)
 
     def labels(self, n: int, digit: int | None = None, seed: int = 0) -> torch.Tensor | None:
-        """Labels for n images: all `digit`, or the model's digits drawn uniformly at random
-        (the same `seed`, the same draw), as in training; None if the model is unconditional
-        (then asking for a digit is an error)."""
+        """Labels for n images: all `digit`, or the model's digits drawn at random with their
+        shares of the training images, `data.digit_frequencies` (the same `seed`, the same
+        draw); None if the model is unconditional (then asking for a digit is an error)."""
         if not self.classes:
             if digit is not None:
                 raise UserError(f"--digit {digit}: this generator is not class-conditional (it was "
@@ -83,7 +83,8 @@ class TrainedGenerator:
         if digit is None:
             # A stream of its own, so that the labels do not echo the noise of the same seed.
             draw = torch.Generator(self.device).manual_seed(seed + LABEL_SEED_OFFSET)
-            return sample_labels(torch.tensor(self.classes, device=self.device), n, draw)
+            return sample_labels(torch.tensor(self.classes, device=self.device), n, draw,
+                                 self.config.data.digit_frequencies)
         if digit not in self.classes:
             raise UserError(f"--digit {digit}: this generator knows digits "
                             f"{','.join(map(str, self.classes))}: ask for one of those")

@@ -60,10 +60,15 @@ def label_classes(digits: Sequence[int], device: torch.device | str = "cpu") -> 
     return torch.tensor(list(digits) or range(10), device=device)
 
 
-def sample_labels(classes: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """`n` digits drawn uniformly from `classes` (on the generator's device): the labels of a
-    conditional model's fakes, in training and in sampling alike."""
-    return classes[torch.randint(0, len(classes), (n,), generator=generator, device=classes.device)]
+def sample_labels(classes: torch.Tensor, n: int, generator: torch.Generator,
+                  frequencies: Sequence[float] = ()) -> torch.Tensor:
+    """`n` digits drawn from `classes` (on the generator's device): uniformly (the fakes of a
+    conditional model in training), or with the given `frequencies`, one per class (sampling a
+    trained model: `data.digit_frequencies`)."""
+    if not frequencies:
+        return classes[torch.randint(0, len(classes), (n,), generator=generator, device=classes.device)]
+    weights = torch.tensor(frequencies, dtype=torch.float64, device=classes.device)
+    return classes[torch.multinomial(weights, n, replacement=True, generator=generator)]
 
 
 def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int, dist: str) -> torch.Tensor:

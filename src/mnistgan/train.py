@@ -512,6 +512,8 @@ def _training_images(config: Config, data_dir: str | Path | None) -> ImageBank:
     data = ImageBank.load(config.data.dataset, "train", folder, config.data.digits,
                           config.data.value_range)
     config.data.dir = folder or ""
+    if config.data.conditional and not config.data.digit_frequencies:
+        config.data.digit_frequencies = data.shares(label_classes(config.data.digits).tolist())
     return data
 
 
@@ -704,7 +706,8 @@ class Loop:
         draw = torch.Generator(gan.device).manual_seed(t.seed + 4)
         z = sample_noise(config.noise, t.eval_samples, draw, gan.device)
         # Digits drawn at random, as a user's samples are (not in turn).
-        y = sample_labels(gan.classes, t.eval_samples, draw) if gan.conditional else None
+        y = (sample_labels(gan.classes, t.eval_samples, draw, config.data.digit_frequencies)
+             if gan.conditional else None)
         sampler = gan.sampler()
         images = gan.sample(z, y, sampler)
         u8 = to_uint8(images.cpu(), config.data.value_range).squeeze(1)

@@ -298,6 +298,8 @@ def format_table(result: dict) -> str:
                      "samples (the scores' sampling noise)")
     total = max(sum(result["histogram"]), 1)
     lines.append("")
+    if "digits_drawn" in result:
+        lines.append(f"digits asked for: drawn {result['digits_drawn']}")
     lines.append("generated digits: " + "  ".join(
         f"{d}:{100 * result['histogram'][d] / total:.1f}%" for d in result["digits"]))
     per_digit = [d for d in result["digits"] if f"fid_{d}" in gen]
