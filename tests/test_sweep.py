@@ -294,3 +294,32 @@ def test_the_verdict_separates_only_beyond_the_seed_spread():
         (2 - half, 2 + half))
     low, high = bootstrap([[1.0, 2.0, 3.0, 4.0]], lambda v: sum(v) / len(v))
     assert 1.0 <= low < 2.5 < high <= 4.0
+
+
+def test_workers_drawing_at_the_same_moment_draw_only_the_settings_asked_for(tmp_path, monkeypatch):
+    # Two workers that both count the drawn settings before either has drawn must not both
+    # draw: the count is held open here for a moment, as a loaded machine does by chance.
+    import threading
+
+    from mnistgan.study.runner import Worker, open_storage, open_study
+
+    study = read_study(None, axes=["train.d_lr=1e-4:1e-3:log"], base="seed-002",
+                       budget={"steps": 10}, sampler="tpe", settings=1)
+    optuna_study = open_study(study, open_storage(f"sqlite:///{tmp_path / 'study.db'}"))
+    counted = Worker._drawn_settings
+
+    def slow_count(self: Worker) -> int:
+        n = counted(self)
+        time.sleep(0.5)
+        return n
+
+    monkeypatch.setattr(Worker, "_drawn_settings", slow_count)
+    workers = [Worker(study, optuna_study, tmp_path, 1, None, print, threading.Event()) for _ in range(2)]
+    claims: list = []
+    threads = [threading.Thread(target=lambda w=w: claims.append(w.claim())) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claim is None for claim in claims) == [False, True]
+    assert len(optuna_study.get_trials(deepcopy=False)) == 1

@@ -285,26 +285,33 @@ class Worker:
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
             lock.close()
-        if self.study.sampler != "tpe" or self._drawn_settings() >= self.study.settings:
+        if self.study.sampler != "tpe":
             return None
-        trial = self.optuna_study.ask()  # pops a trial queued meanwhile, or draws a setting
-        lock = self._claim_lock(trial._trial_id)
-        for _ in range(50):  # a popped one: another worker may be letting go of its claim file
-            if lock is not None:
-                break
-            time.sleep(0.1)
+        # Counting the drawn settings and drawing the next is one step for all workers of this
+        # folder (threads and processes): two workers that both saw one setting left would
+        # otherwise both draw one.
+        (self.folder / "claims").mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.folder / "claims" / "draw.lock"):
+            if self._drawn_settings() >= self.study.settings:
+                return None
+            trial = self.optuna_study.ask()  # pops a trial queued meanwhile, or draws a setting
             lock = self._claim_lock(trial._trial_id)
-        else:
-            raise UserError(f"cannot take the claim file of trial {trial.number}: run the sweep again")
-        if "seed" not in trial.user_attrs:  # a new setting: queue its other seeds
-            index = trial.number
-            setting = _decode(self.study, _suggest(self.study, trial))
-            for key, value in _trial_attrs(index, setting, self.study.seeds[0]).items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("drawn", True)
-            for seed in self.study.seeds[1:]:
-                self.optuna_study.enqueue_trial(_encode(setting),
-                                                user_attrs=_trial_attrs(index, setting, seed))
+            for _ in range(50):  # a popped one: another worker may be letting go of its claim file
+                if lock is not None:
+                    break
+                time.sleep(0.1)
+                lock = self._claim_lock(trial._trial_id)
+            else:
+                raise UserError(f"cannot take the claim file of trial {trial.number}: run the sweep again")
+            if "seed" not in trial.user_attrs:  # a new setting: queue its other seeds
+                index = trial.number
+                setting = _decode(self.study, _suggest(self.study, trial))
+                for key, value in _trial_attrs(index, setting, self.study.seeds[0]).items():
+                    trial.set_user_attr(key, value)
+                trial.set_user_attr("drawn", True)
+                for seed in self.study.seeds[1:]:
+                    self.optuna_study.enqueue_trial(_encode(setting),
+                                                    user_attrs=_trial_attrs(index, setting, seed))
         return self._started(trial), lock
 
     def _drawn_settings(self) -> int:
