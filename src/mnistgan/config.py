@@ -75,7 +75,7 @@ class DataConfig:
     # by training a conditional run. Sampling without a digit (`mnistgan sample`, `evaluate`,
     # the server) draws digits with these shares, so that samples have the data's proportions:
     # MNIST's test set, which the scores compare against, has 11.4 % ones and 8.9 % fives, and
-    # uniform digits cost real images 0.03-0.05 of Inception-FID (BENCHMARKS.md). Empty:
+    # uniform digits cost real images 0.02-0.05 of Inception-FID (BENCHMARKS.md). Empty:
     # uniform (runs trained before it was recorded). G trains on uniformly drawn digits.
     digit_frequencies: list[float] = field(default_factory=list)
 
