@@ -218,3 +218,22 @@ def test_thin_conv_times_both_kernels_in_alternating_windows(mnist_dir):
     windows = [[float(v) for v in side.split(",")] for side in cells[6].split(";")]
     assert [len(w) for w in windows] == [2, 2] and plain > 0 and thin > 0
     assert ratio == pytest.approx(thin / plain, abs=0.005 + ratio * (0.005 / plain + 0.005 / thin))
+
+
+def test_digit_shares_weights_each_digit_to_its_share(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import digit_shares
+    import torch
+
+    from mnistgan.metrics.scores import gaussian
+
+    x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
+    # every digit as common as in the set: the plain mean and (unbiased) covariance
+    equal = torch.tensor([1 / 3, 1 / 3, 1 / 3] + [0.0] * 7, dtype=torch.float64)
+    for got, want in zip(digit_shares.weighted_gaussian(x, labels, equal), gaussian(x), strict=True):
+        assert torch.allclose(got, want)
+    # digit 0 at half the weight: the mean of a set holding its images once and the others' twice
+    half = torch.tensor([0.2, 0.4, 0.4] + [0.0] * 7, dtype=torch.float64)
+    mean, _ = digit_shares.weighted_gaussian(x, labels, half)
+    assert torch.allclose(mean, torch.cat([x[:10], x[10:], x[10:]]).mean(0))
