@@ -46,11 +46,13 @@ def main() -> None:
     held_features = classifier.classifier.features_and_logits_all(classifier.heldout)[0]
     features = {"Inception-FID": (inception["test"], inception["heldout"]),
                 "FID (classifier features)": (classifier.test.features, held_features)}
-    train_y = ImageBank.load(args.dataset, "train").labels
+    training = ImageBank.load(args.dataset, "train")
+    train_y = training.labels
     shares = {
         "as they are": None,
         "uniform": torch.full((CLASSES,), 1 / CLASSES, dtype=torch.float64),
-        "the training images'": torch.bincount(train_y, minlength=CLASSES).double() / len(train_y),
+        # what training records as data.digit_frequencies
+        "the training images'": torch.tensor(training.shares(range(CLASSES)), dtype=torch.float64),
     }
 
     def score(target: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, labels: torch.Tensor,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from .augment import TRANSFORMS
-from .data import DATASETS, VALUE_RANGES, check_digits
+from .data import CLASSES, DATASETS, VALUE_RANGES, check_digits
 from .distributed import LR_SCALING
 from .errors import UserError
 from .losses import LOSSES
@@ -567,7 +567,7 @@ def check_values(c: Config) -> None:
     need(len(set(c.data.digits)) == len(c.data.digits), "data.digits lists a digit twice")
     shares = c.data.digit_frequencies
     if shares:
-        classes = len(c.data.digits) or 10
+        classes = len(c.data.digits) or CLASSES
         need(len(shares) == classes and min(shares) >= 0 and sum(shares) > 0,
              f"data.digit_frequencies needs {classes} shares, none negative, not all 0 (one per digit "
              f"of data.digits, or of 0-9); leave it empty and training records the data's")
