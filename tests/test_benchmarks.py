@@ -207,17 +207,22 @@ def test_command_line_ab_names_a_run_that_did_not_finish(tmp_path, mnist_dir):
     assert "no_such_knob" in done.stderr.strip().splitlines()[-1], done.stderr
 
 
-def test_thin_conv_times_both_kernels_in_alternating_windows(mnist_dir):
-    out = run_script("thin_conv.py", "--presets", "seed-000", "--threads", "1", "--seconds", "0.2",
-                     "--rounds", "2")
-    row = [line for line in out.splitlines() if line.startswith("| seed-000")]
+@pytest.mark.parametrize("layer, preset, overrides, count", [
+    ("thin", "seed-000", [], "2"),  # D's first and G's last layer
+    ("product", "seed-004", ["--set", "train.precision=bf16-d", "--set", "train.pretrain_images=0",
+                             "--set", "train.batch_size=4"], "1"),  # D's 256 -> 512
+])
+def test_conv_kernels_times_both_kernels_in_alternating_windows(mnist_dir, layer, preset, overrides, count):
+    out = run_script("conv_kernels.py", "--layer", layer, "--presets", preset, *overrides, "--threads", "1",
+                     "--seconds", "0.2", "--rounds", "2")
+    row = [line for line in out.splitlines() if line.startswith(f"| {preset}")]
     assert len(row) == 1
     cells = [c.strip() for c in row[0].split("|")[1:-1]]
-    assert cells[1:3] == ["1", "2"]  # one thread; D's first and G's last layer
-    plain, thin, ratio = float(cells[3]), float(cells[4]), float(cells[5].strip("*"))
+    assert cells[1:3] == ["1", count]
+    plain, own, ratio = float(cells[3]), float(cells[4]), float(cells[5].strip("*"))
     windows = [[float(v) for v in side.split(",")] for side in cells[6].split(";")]
-    assert [len(w) for w in windows] == [2, 2] and plain > 0 and thin > 0
-    assert ratio == pytest.approx(thin / plain, abs=0.005 + ratio * (0.005 / plain + 0.005 / thin))
+    assert [len(w) for w in windows] == [2, 2] and plain > 0 and own > 0
+    assert ratio == pytest.approx(own / plain, abs=0.005 + ratio * (0.005 / plain + 0.005 / own))
 
 
 def test_digit_shares_weights_each_digit_to_its_share(monkeypatch):

@@ -7,7 +7,14 @@ from mnistgan.config import load_config
 from mnistgan.errors import UserError
 from mnistgan.losses import BinaryCrossEntropy
 from mnistgan.models import build_discriminator, build_generator
-from mnistgan.models.common import Dropout, MinibatchStd, ThinConv2d, UpsampleConv2d
+from mnistgan.models.common import (
+    Dropout,
+    MinibatchStd,
+    ProductGradConv2d,
+    ThinConv2d,
+    UpsampleConv2d,
+    conv_weight_grad,
+)
 
 
 def n_params(m):
@@ -130,6 +137,64 @@ def test_thin_conv_refuses_what_it_cannot_compute():
     for args in [(2, 3, 5), (1, 3, 4), (3, 1, 5, 2)]:
         with pytest.raises(ValueError, match="thin conv"):
             ThinConv2d(*args)
+
+
+@pytest.mark.parametrize(("channels", "kernel", "stride", "size", "channels_last"), [
+    ((6, 10), 5, 2, 14, False),   # seed-004's D 256 -> 512, narrowed
+    ((3, 4), 3, 2, 7, True),      # best's D at 7x7: an odd image, the last window past the edge
+    ((2, 3), 3, 1, 9, False),
+    ((4, 2), 1, 3, 8, True),
+])
+def test_weight_gradient_as_products_is_the_convolutions(channels, kernel, stride, size, channels_last):
+    """conv_weight_grad equals PyTorch's weight gradient in float64, in either memory layout."""
+    torch.manual_seed(kernel * 10 + stride)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, channels[0], size, size, dtype=torch.float64).contiguous(memory_format=memory)
+    weight = torch.randn(channels[1], channels[0], kernel, kernel, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(x, weight, stride=stride, padding=kernel // 2)
+    g = torch.randn_like(y).contiguous(memory_format=memory)
+    (want,) = torch.autograd.grad(y, weight, g)
+    got = conv_weight_grad(g, x, kernel, stride, kernel // 2)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_product_grad_conv_is_the_convolution_under_bfloat16(channels_last):
+    """Under bfloat16 autocast the output is PyTorch's to the bit, and the input, weight and bias
+    gradients and a gradient of a gradient (R1) are PyTorch's to far below bfloat16's rounding
+    (2**-8): only the order of float32 sums differs. Outside autocast it is PyTorch's own."""
+    torch.manual_seed(4)
+    own = ProductGradConv2d(16, 24, 5, 2)
+    conv = nn.Conv2d(16, 24, 5, stride=2, padding=2)
+    conv.load_state_dict(own.state_dict())
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    own.to(memory_format=memory), conv.to(memory_format=memory)
+    x = torch.randn(8, 16, 14, 14).contiguous(memory_format=memory).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, expected = own(x), conv(x)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, own.weight, own.bias), g, create_graph=True)
+    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g, create_graph=True)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype == torch.float32 and a.stride() == b.stride()
+        assert relative_error(a, b) < 1e-4
+    assert relative_error(torch.autograd.grad(got[0].square().sum(), own.weight)[0],
+                          torch.autograd.grad(want[0].square().sum(), conv.weight)[0]) < 1e-3
+    torch.testing.assert_close(own(x), conv(x), rtol=0, atol=0)
+
+
+def test_strided_wide_convs_take_their_weight_gradient_from_products():
+    layers = {name: sorted({type(m).__name__ for m in build_discriminator(load_config(name)).trunk.modules()
+                            if isinstance(m, nn.Conv2d)})
+              for name in ("seed-000", "seed-004")}
+    assert layers == {"seed-000": ["ProductGradConv2d", "ThinConv2d"],
+                      "seed-004": ["ProductGradConv2d", "ThinConv2d"]}
+    assert type(build_generator(load_config("seed-004")).body[3]) is nn.Conv2d  # stride 1: oneDNN's
 
 
 def test_one_channel_convs_are_thin_where_the_kernel_is_5x5():

@@ -440,6 +440,23 @@ def test_thin_convolutions_train_as_pytorchs_own(name, mnist_dir, monkeypatch):
     assert_trains_alike(thin["thin"], plain["plain"], plain["nudged"])
 
 
+def test_weight_gradients_as_products_train_as_pytorchs_own(mnist_dir, monkeypatch):
+    """The same rule for D's strided convolutions with their bfloat16 weight gradient as matrix
+    products (models.ProductGradConv2d), in seed-004 with bfloat16 in D, where they run. The
+    yardstick nudges every initial weight by one part in 1e7 (a real image nudged that much
+    rounds back to the same bfloat16 in D); dropout is off so that both sides draw the same
+    numbers."""
+    from mnistgan.models.common import ProductGradConv2d
+
+    bf16_d = ["train.precision=bf16-d", "discriminator.dropout=0"]
+    own, _ = losses_of("seed-004", {"own": (bf16_d, 0.0, "")}, mnist_dir)
+    monkeypatch.setattr(ProductGradConv2d, "fused", False)
+    plain, _ = losses_of("seed-004", {"plain": (bf16_d, 0.0, ""), "nudged": (bf16_d, 1e-7, "weights")},
+                         mnist_dir)
+    assert not torch.equal(own["own"], plain["plain"])  # the products did run
+    assert_trains_alike(own["own"], plain["plain"], plain["nudged"])
+
+
 # The presets the compiled step runs, at their own batch sizes: at the toy sizes seed-001 is chaotic
 # enough that inductor's fused rounding (not an error: the same step traced but run op by op
 # matches to the nudge) moves it further than the nudge does.

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data import CLASSES
-from .dense import Dense, eager_cpu_float32
+from .dense import Dense, eager_cpu, eager_cpu_float32
 
 # The registry of activations (config keys `activation`, `output`, `hidden_activation`):
 # name -> layer, given LeakyReLU's slope.
@@ -203,11 +203,102 @@ class ThinConv2d(nn.Conv2d):
         return nn.functional.fold(per_tap, (height, width), k, padding=pad) + self.bias.view(1, 1, 1, 1)
 
 
+def conv_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, stride: int,
+                     padding: int) -> torch.Tensor:
+    """The weight gradient of a square convolution (no dilation, one group) as matrix products:
+    the strided views of the padded input that each kernel tap reads, copied side by side
+    channels-last, against the output gradient. Each product sums over every image and pixel,
+    so the result is rounded once, as oneDNN's is. Returns (out, in, k, k)."""
+    n, c, h, w = x.shape
+    _, o, out_h, out_w = grad.shape
+    k, s, p = kernel_size, stride, padding
+    padded = x.new_zeros(n, h + 2 * p, w + 2 * p, c)
+    padded[:, p:p + h, p:p + w] = x.permute(0, 2, 3, 1)
+    if grad.is_contiguous(memory_format=torch.channels_last):
+        rows = grad.permute(0, 2, 3, 1).reshape(-1, o)  # a view
+    else:
+        rows = grad.permute(0, 2, 3, 1).reshape(-1, o).contiguous()
+    taps = [(ky, kx) for ky in range(k) for kx in range(k)]
+    # Taps in groups whose copies stay below 16 MB: under glibc's mmap threshold (which
+    # memory.keep_freed_memory raises to 32 MB), so the block is reused, not faulted in anew.
+    group = max(1, (16 << 20) // (rows.shape[0] * c * x.element_size()))
+    product = x.new_empty(k * k * c, o)  # rows (ky, kx, c)
+    for first in range(0, len(taps), group):
+        chosen = taps[first:first + group]
+        columns = x.new_empty(n, out_h, out_w, len(chosen), c)
+        for t, (ky, kx) in enumerate(chosen):
+            columns[:, :, :, t] = padded[:, ky:ky + s * (out_h - 1) + 1:s, kx:kx + s * (out_w - 1) + 1:s]
+        torch.mm(columns.view(rows.shape[0], -1).t(), rows,
+                 out=product[first * c:(first + len(chosen)) * c])
+    return product.view(k, k, c, o).permute(3, 2, 0, 1)
+
+
+class _ProductWeightGradConv(torch.autograd.Function):
+    """conv2d whose backward takes the input gradient from oneDNN and the weight gradient from
+    conv_weight_grad."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return nn.functional.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        grad_x = grad_w = grad_b = None
+        # A gradient of this gradient (R1) needs differentiable ops: PyTorch's whole backward.
+        products = ctx.needs_input_grad[1] and not torch.is_grad_enabled()
+        if ctx.needs_input_grad[0] or not products:
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not products, False])
+        if products:
+            memory = (torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
+                      else torch.contiguous_format)
+            grad_w = conv_weight_grad(grad, x, weight.shape[-1], s, p).contiguous(memory_format=memory)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+class ProductGradConv2d(nn.Conv2d):
+    """A 'same'-padded strided convolution whose weight gradient, in bfloat16, is matrix
+    products (conv_weight_grad) instead of oneDNN's, which computes it at under half its
+    bfloat16 matmul rate for these (text 004's 256 -> 512 5x5 stride 2: 100-125 ms against
+    61-67; BENCHMARKS.md, "D's weight gradient as matrix products"). The forward pass and the
+    input gradient stay oneDNN's. In float32 PyTorch's own runs (there the products are no
+    faster). Same parameters, same function to float rounding; ``fused = False`` runs
+    PyTorch's own throughout."""
+
+    fused = True
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.fused and torch.is_autocast_enabled("cpu") and eager_cpu(x)
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            return super().forward(x)
+        # Cast as autocast would, then run the product-gradient conv outside it: the casts'
+        # own backward returns float32 gradients to the float32 parameters.
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+        with torch.autocast("cpu", enabled=False):
+            return _ProductWeightGradConv.apply(x.to(torch.bfloat16), self.weight.to(torch.bfloat16),
+                                                bias, self.stride[0], self.padding[0])
+
+
 def same_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
     """A 'same'-padded convolution: a ThinConv2d where one side has one channel and the kernel
-    is 5x5 or larger (for 3x3 and 1x1 oneDNN is level with it or faster), else PyTorch's."""
+    is 5x5 or larger (for 3x3 and 1x1 oneDNN is level with it or faster); a ProductGradConv2d
+    where it is strided (for stride 1 oneDNN's weight gradient is 2-2.7x faster than the
+    product's); else PyTorch's."""
     if kernel_size >= 5 and ThinConv2d.computes(in_channels, out_channels, kernel_size, stride):
         return ThinConv2d(in_channels, out_channels, kernel_size, stride)
+    if stride > 1 and in_channels > 1:
+        return ProductGradConv2d(in_channels, out_channels, kernel_size, stride)
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
 

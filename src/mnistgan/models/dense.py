@@ -94,12 +94,16 @@ def _onednn_applies(x: torch.Tensor) -> bool:
     return _LINEAR is not None and x.dim() == 2 and eager_cpu_float32(x)
 
 
-def eager_cpu_float32(x: torch.Tensor) -> bool:
-    """Whether `x` is a float32 CPU tensor outside autocast, compiling and tracing: where this
-    package's own CPU kernels replace PyTorch's (elsewhere PyTorch's own ops run)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+def eager_cpu(x: torch.Tensor) -> bool:
+    """Whether `x` is a CPU tensor outside compiling and tracing: where this package's own CPU
+    kernels may replace PyTorch's (elsewhere PyTorch's own ops run)."""
+    return (x.device.type == "cpu" and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+
+
+def eager_cpu_float32(x: torch.Tensor) -> bool:
+    """eager_cpu, for a float32 tensor outside autocast."""
+    return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and eager_cpu(x)
 
 
 def use_dense_kernel(net: nn.Module, kernel: str) -> nn.Module:
