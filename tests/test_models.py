@@ -228,6 +228,9 @@ def test_dropout_drops_p_and_rescales(p):
     torch.testing.assert_close(grad, y.detach())  # the same mask scales the gradient
     torch.manual_seed(0)
     assert torch.equal(Dropout(p)(x), y)  # the seed fixes the mask
+    assert drop.bits == (torch.int16 if p in (0.25, 0.5) else torch.int32)  # 16 bits where they hold p
+    odd = drop(torch.ones(3, 5, 7))  # 105 elements: not whole words
+    assert odd.shape == (3, 5, 7) and bool(((odd == 0) | (odd == torch.tensor(1 / (1 - p)))).all())
     drop.eval()
     assert torch.equal(drop(x), x)
 
