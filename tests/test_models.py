@@ -197,6 +197,24 @@ def test_strided_wide_convs_take_their_weight_gradient_from_products():
     assert type(build_generator(load_config("seed-004")).body[3]) is nn.Conv2d  # stride 1: oneDNN's
 
 
+def test_a_channels_last_upsample_conv_runs_channels_last():
+    """train.channels_last moves the weights; the transposed-conv kernel UpsampleConv2d derives
+    from its weight follows it, so that oneDNN runs the layer channels-last, to the same images."""
+    torch.manual_seed(0)
+    config = load_config("seed-004")
+    g = build_generator(config).train()
+    last = build_generator(config).train()
+    last.load_state_dict(g.state_dict())
+    last.to(memory_format=torch.channels_last)
+    layouts = []
+    first = next(m for m in last.body if isinstance(m, UpsampleConv2d))
+    first.register_forward_hook(
+        lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+    z = torch.rand(8, config.noise.dim)
+    torch.testing.assert_close(last(z), g(z), rtol=1e-4, atol=1e-5)
+    assert layouts == [True]
+
+
 def test_one_channel_convs_are_thin_where_the_kernel_is_5x5():
     """seed-000 (5x5) takes the thin kernels at both ends; best's 3x3 ones stay plain convs, as
     does a D whose first layer has more than one channel (one-hot label planes)."""

@@ -161,8 +161,11 @@ class UpsampleConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused:
             return super().forward(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
-        # weight (out, in, k, k) -> transposed-conv weight (in, out, k+1, k+1)
+        # weight (out, in, k, k) -> transposed-conv weight (in, out, k+1, k+1), in the weight's
+        # memory layout: oneDNN runs channels-last only where a tensor it is given is.
         kernel = torch.einsum("ak,oikl,bl->ioab", self.fold, self.weight, self.fold)
+        if self.weight.is_contiguous(memory_format=torch.channels_last):
+            kernel = kernel.contiguous(memory_format=torch.channels_last)
         return nn.functional.conv_transpose2d(x, kernel, self.bias, stride=2,
                                               padding=self.fold_padding)
 
