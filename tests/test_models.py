@@ -188,12 +188,12 @@ def test_product_grad_conv_is_the_convolution_under_bfloat16(channels_last):
     torch.testing.assert_close(own(x), conv(x), rtol=0, atol=0)
 
 
-def test_strided_wide_convs_take_their_weight_gradient_from_products():
+def test_large_strided_convs_take_their_weight_gradient_from_products():
     layers = {name: sorted({type(m).__name__ for m in build_discriminator(load_config(name)).trunk.modules()
                             if isinstance(m, nn.Conv2d)})
               for name in ("seed-000", "seed-004")}
-    assert layers == {"seed-000": ["ProductGradConv2d", "ThinConv2d"],
-                      "seed-004": ["ProductGradConv2d", "ThinConv2d"]}
+    assert layers == {"seed-000": ["Conv2d", "ThinConv2d"],  # 64 -> 128 and 128 -> 256: too small
+                      "seed-004": ["ProductGradConv2d", "ThinConv2d"]}  # 256 -> 512, 5x5
     assert type(build_generator(load_config("seed-004")).body[3]) is nn.Conv2d  # stride 1: oneDNN's
 
 

@@ -300,11 +300,12 @@ class ProductGradConv2d(nn.Conv2d):
 def same_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
     """A 'same'-padded convolution: a ThinConv2d where one side has one channel and the kernel
     is 5x5 or larger (for 3x3 and 1x1 oneDNN is level with it or faster); a ProductGradConv2d
-    where it is strided (for stride 1 oneDNN's weight gradient is 2-2.7x faster than the
-    product's); else PyTorch's."""
+    where it is strided and has 2**20 weights or more (for stride 1 oneDNN's weight gradient is
+    2-2.7x faster than the products; in text 000's D, 0.2M and 0.8M weights, the products'
+    copies cost more than they save: steps 6 % slower); else PyTorch's."""
     if kernel_size >= 5 and ThinConv2d.computes(in_channels, out_channels, kernel_size, stride):
         return ThinConv2d(in_channels, out_channels, kernel_size, stride)
-    if stride > 1 and in_channels > 1:
+    if stride > 1 and in_channels * out_channels * kernel_size**2 >= 1 << 20:
         return ProductGradConv2d(in_channels, out_channels, kernel_size, stride)
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
