@@ -14,6 +14,7 @@ from mnistgan.models.common import (
     ThinConv2d,
     UpsampleConv2d,
     conv_weight_grad,
+    same_conv,
 )
 
 
@@ -163,10 +164,16 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_product_grad_conv_is_the_convolution_under_bfloat16(channels_last):
+def test_product_grad_conv_is_the_convolution_under_bfloat16(channels_last, monkeypatch):
     """Under bfloat16 autocast the output is PyTorch's to the bit, and the input, weight and bias
-    gradients and a gradient of a gradient (R1) are PyTorch's to far below bfloat16's rounding
-    (2**-8): only the order of float32 sums differs. Outside autocast it is PyTorch's own."""
+    gradients (from the products) are PyTorch's to far below bfloat16's rounding (2**-8): only
+    the order of float32 sums differs. A gradient of a gradient (R1) takes PyTorch's backward
+    and gives its result. Outside autocast the layer is PyTorch's own."""
+    from mnistgan.models import common
+
+    calls = []
+    monkeypatch.setattr(common, "conv_weight_grad",
+                        lambda *args: calls.append(1) or conv_weight_grad(*args))
     torch.manual_seed(4)
     own = ProductGradConv2d(16, 24, 5, 2)
     conv = nn.Conv2d(16, 24, 5, stride=2, padding=2)
@@ -174,18 +181,29 @@ def test_product_grad_conv_is_the_convolution_under_bfloat16(channels_last):
     memory = torch.channels_last if channels_last else torch.contiguous_format
     own.to(memory_format=memory), conv.to(memory_format=memory)
     x = torch.randn(8, 16, 14, 14).contiguous(memory_format=memory).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, expected = own(x), conv(x)
+
+    def forward(layer):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return layer(x)
+
+    y, expected = forward(own), forward(conv)
     assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
     g = torch.randn_like(y)
-    got = torch.autograd.grad(y, (x, own.weight, own.bias), g, create_graph=True)
-    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g, create_graph=True)
+    got = torch.autograd.grad(y, (x, own.weight, own.bias), g)
+    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g)
+    assert calls == [1]  # the weight gradient came from the products
     for a, b in zip(got, want, strict=True):
         assert a.dtype == b.dtype == torch.float32 and a.stride() == b.stride()
         assert relative_error(a, b) < 1e-4
-    assert relative_error(torch.autograd.grad(got[0].square().sum(), own.weight)[0],
-                          torch.autograd.grad(want[0].square().sum(), conv.weight)[0]) < 1e-3
+    r1 = [torch.autograd.grad(torch.autograd.grad(forward(layer).float().sum(), x, create_graph=True)[0]
+                              .square().sum(), layer.weight)[0] for layer in (own, conv)]
+    assert relative_error(*r1) < 1e-3
     torch.testing.assert_close(own(x), conv(x), rtol=0, atol=0)
+
+
+def test_weight_gradient_as_products_of_an_empty_batch_is_zero():
+    x, g = torch.zeros(0, 4, 7, 7), torch.zeros(0, 6, 4, 4)
+    assert torch.equal(conv_weight_grad(g, x, 3, 2, 1), torch.zeros(6, 4, 3, 3))
 
 
 def test_large_strided_convs_take_their_weight_gradient_from_products():
@@ -194,7 +212,7 @@ def test_large_strided_convs_take_their_weight_gradient_from_products():
               for name in ("seed-000", "seed-004")}
     assert layers == {"seed-000": ["Conv2d", "ThinConv2d"],  # 64 -> 128 and 128 -> 256: too small
                       "seed-004": ["ProductGradConv2d", "ThinConv2d"]}  # 256 -> 512, 5x5
-    assert type(build_generator(load_config("seed-004")).body[3]) is nn.Conv2d  # stride 1: oneDNN's
+    assert type(same_conv(512, 512, 5, 1)) is nn.Conv2d  # stride 1, however large: oneDNN's
 
 
 def test_a_channels_last_upsample_conv_runs_channels_last():
@@ -247,6 +265,9 @@ def test_dropout_drops_p_and_rescales(p):
     torch.manual_seed(0)
     assert torch.equal(Dropout(p)(x), y)  # the seed fixes the mask
     assert drop.bits == (torch.int16 if p in (0.25, 0.5) else torch.int32)  # 16 bits where they hold p
+    if drop.bits == torch.int16:  # the threshold keeps exactly 1 - p of all 2**16 draws
+        every = torch.arange(-(2**15), 2**15).to(torch.int16)
+        assert (every >= drop.threshold).sum().item() == round((1 - p) * 2**16)
     odd = drop(torch.ones(3, 5, 7))  # 105 elements: not whole words
     assert odd.shape == (3, 5, 7) and bool(((odd == 0) | (odd == torch.tensor(1 / (1 - p)))).all())
     drop.eval()

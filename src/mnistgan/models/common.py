@@ -72,11 +72,12 @@ class Dropout(nn.Module):
     """Inverted dropout, as ``nn.Dropout``, drawing its mask from 16 or 32 random bits an element.
 
     PyTorch's CPU ``bernoulli_`` costs ~9 ns an element, a third of text 004's step; random
-    integers compared with ``p * 2**bits`` give the same Bernoulli(1 - p) mask. The bits come as
-    int64 words split into halves or quarters: ``random_`` over a range below 2**64 draws 64
-    bits for each element anyway, so this divides the generator's work by two or four (~1.6 or
-    ~0.8 against ~3.4 ns an element). 16 bits where they hold p exactly (0.25, 0.5: text 004's
-    rate), else 32 (p rounded to 2**-32, finer than a float32 uniform's 2**-24).
+    integers compared with ``p * 2**bits`` give the same Bernoulli(1 - p) mask. ``random_``
+    draws 64 bits an element over a range of 2**28 or more (int32's), 32 below it, so the bits
+    come as full-range int64 words split into halves or quarters, every drawn bit used: a
+    3.2M-element mask of 32-bit draws took 9.7-14.7 ms, of 16-bit ones 5.1-6.7 (BENCHMARKS.md).
+    16 bits where they hold p exactly (0.25, 0.5: text 004's rate), else 32 (p rounded to
+    2**-32, finer than a float32 uniform's 2**-24).
     """
 
     def __init__(self, p: float) -> None:
@@ -164,7 +165,7 @@ class UpsampleConv2d(nn.Conv2d):
         # weight (out, in, k, k) -> transposed-conv weight (in, out, k+1, k+1), in the weight's
         # memory layout: oneDNN runs channels-last only where a tensor it is given is.
         kernel = torch.einsum("ak,oikl,bl->ioab", self.fold, self.weight, self.fold)
-        if self.weight.is_contiguous(memory_format=torch.channels_last):
+        if self.kernel_size[0] > 1 and self.weight.is_contiguous(memory_format=torch.channels_last):
             kernel = kernel.contiguous(memory_format=torch.channels_last)
         return nn.functional.conv_transpose2d(x, kernel, self.bias, stride=2,
                                               padding=self.fold_padding)
@@ -225,14 +226,17 @@ def conv_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, stri
         rows = grad.permute(0, 2, 3, 1).reshape(-1, o)  # a view
     else:
         rows = grad.permute(0, 2, 3, 1).reshape(-1, o).contiguous()
+    if grad.numel() == 0 or x.numel() == 0:
+        return x.new_zeros(o, c, k, k)
     taps = [(ky, kx) for ky in range(k) for kx in range(k)]
     # Taps in groups whose copies stay below 16 MB: under glibc's mmap threshold (which
     # memory.keep_freed_memory raises to 32 MB), so the block is reused, not faulted in anew.
-    group = max(1, (16 << 20) // (rows.shape[0] * c * x.element_size()))
+    group = min(len(taps), max(1, (16 << 20) // (rows.shape[0] * c * x.element_size())))
     product = x.new_empty(k * k * c, o)  # rows (ky, kx, c)
+    block = x.new_empty(n * out_h * out_w * group * c)
     for first in range(0, len(taps), group):
         chosen = taps[first:first + group]
-        columns = x.new_empty(n, out_h, out_w, len(chosen), c)
+        columns = block[:n * out_h * out_w * len(chosen) * c].view(n, out_h, out_w, len(chosen), c)
         for t, (ky, kx) in enumerate(chosen):
             columns[:, :, :, t] = padded[:, ky:ky + s * (out_h - 1) + 1:s, kx:kx + s * (out_w - 1) + 1:s]
         torch.mm(columns.view(rows.shape[0], -1).t(), rows,
@@ -274,11 +278,11 @@ class _ProductWeightGradConv(torch.autograd.Function):
 class ProductGradConv2d(nn.Conv2d):
     """A 'same'-padded strided convolution whose weight gradient, in bfloat16, is matrix
     products (conv_weight_grad) instead of oneDNN's, which computes it at under half its
-    bfloat16 matmul rate for these (text 004's 256 -> 512 5x5 stride 2: 100-125 ms against
-    61-67; BENCHMARKS.md, "D's weight gradient as matrix products"). The forward pass and the
-    input gradient stay oneDNN's. In float32 PyTorch's own runs (there the products are no
-    faster). Same parameters, same function to float rounding; ``fused = False`` runs
-    PyTorch's own throughout."""
+    bfloat16 matmul rate for these (text 004's 256 -> 512 5x5 stride 2, 64 images: 99.8 ms
+    against 61.5 on the AVX512-BF16 host; BENCHMARKS.md, "D's weight gradient as matrix
+    products"). The forward pass and the input gradient stay oneDNN's. In float32 PyTorch's
+    own runs (there the products are no faster). Same parameters, same function to float
+    rounding; ``fused = False`` runs PyTorch's own throughout."""
 
     fused = True
 
@@ -301,8 +305,9 @@ def same_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int
     """A 'same'-padded convolution: a ThinConv2d where one side has one channel and the kernel
     is 5x5 or larger (for 3x3 and 1x1 oneDNN is level with it or faster); a ProductGradConv2d
     where it is strided and has 2**20 weights or more (for stride 1 oneDNN's weight gradient is
-    2-2.7x faster than the products; in text 000's D, 0.2M and 0.8M weights, the products'
-    copies cost more than they save: steps 6 % slower); else PyTorch's."""
+    2-2.7x faster than the products; text 000's D, with 0.2M and 0.8M weights, stepped 6 %
+    slower with them though each layer's weight gradient alone was 7-16 % faster); else
+    PyTorch's."""
     if kernel_size >= 5 and ThinConv2d.computes(in_channels, out_channels, kernel_size, stride):
         return ThinConv2d(in_channels, out_channels, kernel_size, stride)
     if stride > 1 and in_channels * out_channels * kernel_size**2 >= 1 << 20:
