@@ -64,10 +64,10 @@ def main() -> None:
     print(f"| {args.dataset}: digits weighted to | " + " | ".join(
         f"{n}: the test set itself | {n}: the held-out floor" for n in names) + " |")
     print("|---" * (1 + 2 * len(names)) + "|")
+    targets = [gaussian(test) for test, _ in features.values()]
     for name, share in shares.items():
         cells = []
-        for test, held in features.values():
-            target = gaussian(test)
+        for target, (test, held) in zip(targets, features.values(), strict=True):
             cells += [f"{score(target, x, y, share):.4f}" for x, y in ((test, test_y), (held, held_y))]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print()

@@ -220,14 +220,11 @@ def conv_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, stri
     n, c, h, w = x.shape
     _, o, out_h, out_w = grad.shape
     k, s, p = kernel_size, stride, padding
-    padded = x.new_zeros(n, h + 2 * p, w + 2 * p, c)
-    padded[:, p:p + h, p:p + w] = x.permute(0, 2, 3, 1)
-    if grad.is_contiguous(memory_format=torch.channels_last):
-        rows = grad.permute(0, 2, 3, 1).reshape(-1, o)  # a view
-    else:
-        rows = grad.permute(0, 2, 3, 1).reshape(-1, o).contiguous()
     if grad.numel() == 0 or x.numel() == 0:
         return x.new_zeros(o, c, k, k)
+    padded = x.new_zeros(n, h + 2 * p, w + 2 * p, c)
+    padded[:, p:p + h, p:p + w] = x.permute(0, 2, 3, 1)
+    rows = grad.permute(0, 2, 3, 1).reshape(-1, o)  # a view where grad is channels-last
     taps = [(ky, kx) for ky in range(k) for kx in range(k)]
     # Taps in groups whose copies stay below 16 MB: under glibc's mmap threshold (which
     # memory.keep_freed_memory raises to 32 MB), so the block is reused, not faulted in anew.
