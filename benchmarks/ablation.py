@@ -74,6 +74,7 @@ VARIANTS: dict[str, list[str]] = {
     "batch 32": ["train.batch_size=32"],
     "batch 128": ["train.batch_size=128"],
     "bfloat16 in D": ["train.precision=bf16-d"],
+    "bfloat16 in G and D": ["train.precision=bf16"],
     "minibatch std in D (groups of 4)": ["discriminator.minibatch_std=4"],
     "4x4 transposed convs in G (no checkerboard)": ["generator.kernels=4,4,3"],
     "top-k G updates (to half the batch)": ["train.top_k=0.5"],

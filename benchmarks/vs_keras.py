@@ -310,9 +310,9 @@ def run_one(side: str, preset: str, repeats: int, seconds: float, cli_seconds: f
 
 def wants_bf16(choice: str) -> bool:
     """--bf16: "auto" runs the bfloat16 sides where oneDNN has bfloat16 arithmetic on this CPU."""
-    import torch
+    from mnistgan.train import cpu_has_bf16
 
-    return choice == "on" or (choice == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return choice == "on" or (choice == "auto" and cpu_has_bf16())
 
 
 def timed_sides(preset: str, bf16: bool) -> list[str]:

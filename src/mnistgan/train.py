@@ -73,6 +73,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has bfloat16 arithmetic on this CPU (AVX-512 or AMX). Without it,
+    bfloat16 autocast is emulated and slower than float32 (AVX2 hosts, BENCHMARKS.md)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def total_steps(config: Config, n_images: int, processes: int = 1) -> int:
     """`steps` if set, else `epochs` passes over the images (one step = one batch on each
     of the training processes)."""
@@ -138,6 +144,10 @@ class GAN:
                 self.step_graph = StepGraph(self)
             else:
                 self.say(f"train.compile_step {reason}: the step runs op by op")
+        if PRECISIONS[t.precision] and device.type == "cpu" and not cpu_has_bf16():
+            self.say(f"train.precision={t.precision}: this CPU has no bfloat16 arithmetic (oneDNN "
+                     "finds no AVX-512 or AMX), so bfloat16 runs slower than float32 here: use "
+                     "--precision fp32")
 
     # -- inputs ------------------------------------------------------------------------
 
