@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+
+from mnistgan.models.common import UpsampleConv2d
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -114,11 +117,16 @@ def test_layer_rate_replays_every_layer_call_of_a_step(mnist_dir):
     out = run_script("layer_rate.py", "seed-002", "--steps", "1", "--reps", "1")
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "x" in line
             and not line.startswith("| layer")]
-    # text 002: G's two dense layers once; D's hidden layer and head on real, fake and in G's step
-    assert sorted((r[0].strip(), int(r[2])) for r in rows) == [
-        ("D.out", 3), ("D.trunk.1", 3), ("G.net.0", 1), ("G.net.2", 1)]
-    assert all(float(r[3]) >= 0 and float(r[4]) > 0 for r in rows)
-    assert "the layers alone, forward and backward:" in out
+    # text 002: G's two dense layers once; D's hidden layer and head on real, fake and in G's
+    # step, each call with the passes it ran: images need no input gradient, the frozen D in
+    # G's step no weight gradient, G's noise none either
+    assert sorted((r[0].strip(), r[2].strip(), int(r[3])) for r in rows) == [
+        ("D.out", "fwd+in-grad", 1), ("D.out", "fwd+in-grad+w-grad", 2),
+        ("D.trunk.1", "fwd+in-grad", 1), ("D.trunk.1", "fwd+w-grad", 2),
+        ("G.net.0", "fwd+w-grad", 1), ("G.net.2", "fwd+in-grad+w-grad", 1)]
+    assert all(float(r[4]) >= 0 and float(r[5]) > 0 and float(r[9]) > 0 for r in rows)
+    assert "the layers alone, each call's passes:" in out
+    assert "the step with every layer as fast as its matrix products:" in out
     assert "channels-last" not in out  # dense layers: 2-D inputs
 
 
@@ -246,3 +254,36 @@ def test_digit_shares_weights_each_digit_to_its_share(monkeypatch):
     half = torch.tensor([0.2, 0.4, 0.4] + [0.0] * 7, dtype=torch.float64)
     mean, _ = digit_shares.weighted_gaussian(x, labels, half)
     assert torch.allclose(mean, torch.cat([x[:10], x[10:], x[10:]]).mean(0))
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: torch.nn.Linear(100, 784), (32, 100)),
+    (lambda: torch.nn.Conv2d(256, 512, 5, stride=2, padding=2), (4, 256, 14, 14)),
+    (lambda: torch.nn.Conv2d(1, 32, 3, stride=2, padding=1), (4, 1, 28, 28)),
+    (lambda: torch.nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), (4, 64, 7, 7)),
+    (lambda: UpsampleConv2d(200, 100, 3), (4, 200, 14, 14)),
+    (lambda: UpsampleConv2d(64, 32, 5), (4, 64, 7, 7)),
+    (lambda: unfused(UpsampleConv2d(64, 32, 3)), (4, 64, 7, 7)),  # upsample, then the conv
+])
+def test_layer_rate_writes_each_pass_as_products_of_the_passs_own_flops(monkeypatch, make, shape):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from layer_rate import gemm_forms
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = make()
+    x = torch.randn(shape, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        layer(x).sum().backward()
+    passes = gemm_forms(layer, shape)
+    # every form of a pass has the pass's FLOPs; the three passes make the layer's forward and backward
+    per_pass = [{sum(2 * count * rows * inner * cols for count, rows, inner, cols in form) for form in forms}
+                for forms in passes]
+    assert all(len(totals) == 1 for totals in per_pass)
+    # (the fused layer also derives its transposed kernel from the weight: a small bmm, not a pass)
+    flops = {str(op): n for op, n in counter.get_flop_counts()["Global"].items() if str(op) != "aten.bmm"}
+    assert sum(totals.pop() for totals in per_pass) == sum(flops.values())
+
+
+def unfused(layer):
+    layer.fused = False
+    return layer
