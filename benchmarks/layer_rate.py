@@ -12,9 +12,9 @@ the step's hardware limit.
 
 Beside each layer: its passes timed as the matrix products they amount to, at the layer's own
 shapes (im2col for a convolution; for a transposed one the faster of its col2im and per-phase
-forms), copies left out. The last line is the step with every layer at that time: what faster
-kernels for these layers could reach at this CPU's matmul speed for those shapes (optimistic:
-no copies, and each product timed hot in cache).
+forms), each product on the faster of MKL and oneDNN, copies left out. The last line is the
+step with every layer at that time: what faster kernels for these layers could reach at this
+CPU's matmul speed for those shapes (optimistic: no copies, each product hot in cache).
 
     MNISTGAN_DATA=../shared/data/mnist python benchmarks/layer_rate.py seed-004
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import math
 import time
 from typing import NamedTuple
@@ -38,6 +39,7 @@ from mnistgan.models.dense import use_dense_kernel
 from mnistgan.train import bare_gan
 
 LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, UpsampleConv2d)
+Form = list[tuple[int, int, int, int]]  # (how many, rows, inner, columns) of matrix products
 
 
 class Passes(NamedTuple):
@@ -55,8 +57,6 @@ def replay(layer: nn.Module, shape: tuple[int, ...], channels_last: bool, bf16: 
     tensors) and under bfloat16 autocast where the step's precision put its network."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(shape).to(memory_format=memory).requires_grad_(passes.input_grad)
-    trainable = [p.requires_grad for p in layer.parameters()]
-    layer.requires_grad_(passes.weight_grad)
 
     def run() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -64,25 +64,28 @@ def replay(layer: nn.Module, shape: tuple[int, ...], channels_last: bool, bf16: 
         if y.requires_grad:
             y.backward(torch.ones_like(y))
 
+    trainable = [p.requires_grad for p in layer.parameters()]
     kernel = getattr(layer, "kernel", None)
-    if kernel is not None:  # the FLOP counter knows PyTorch's own matmul, not oneDNN's op
-        use_dense_kernel(layer, "blas")
-    with FlopCounterMode(display=False) as counter:
-        run()
-    if kernel is not None:
-        use_dense_kernel(layer, kernel)
-    for _ in range(2):
-        run()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        run()
-    seconds = (time.perf_counter() - t0) / reps
-    for p, was in zip(layer.parameters(), trainable, strict=True):
-        p.requires_grad_(was)
+    try:
+        layer.requires_grad_(passes.weight_grad)
+        if kernel is not None:  # the FLOP counter knows PyTorch's own matmul, not oneDNN's op
+            use_dense_kernel(layer, "blas")
+        with FlopCounterMode(display=False) as counter:
+            run()
+        if kernel is not None:
+            use_dense_kernel(layer, kernel)
+        for _ in range(2):
+            run()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            run()
+        seconds = (time.perf_counter() - t0) / reps
+    finally:  # the layer as the step left it, whatever happened
+        if kernel is not None:
+            use_dense_kernel(layer, kernel)
+        for p, was in zip(layer.parameters(), trainable, strict=True):
+            p.requires_grad_(was)
     return counter.get_total_flops(), seconds
-
-
-Form = list[tuple[int, int, int, int]]  # (how many, rows, inner, columns) of matrix products
 
 
 def gemm_forms(layer: nn.Module, shape: tuple[int, ...]) -> list[list[Form]]:
@@ -116,17 +119,23 @@ def gemm_forms(layer: nn.Module, shape: tuple[int, ...]) -> list[list[Form]]:
     return forms
 
 
-def gemm_seconds(layer: nn.Module, shape: tuple[int, ...], bf16: bool, passes: Passes,
-                 reps: int) -> float:
+@functools.cache
+def product_seconds(rows: int, inner: int, cols: int, bf16: bool) -> float:
+    """One rows x inner @ inner x cols product, hot in cache, on the faster of MKL and oneDNN
+    (bfloat16: oneDNN, which PyTorch's own matmul calls for it); each shape timed once."""
+    flop = 2 * rows * inner * cols
+    if bf16:
+        return flop / (product_rate(rows, inner, cols, "blas", reps=5, dtype=torch.bfloat16) * 1e9)
+    rate = max(product_rate(rows, inner, cols, kernel, reps=5) for kernel in ("blas", "onednn"))
+    return flop / (rate * 1e9)
+
+
+def gemm_seconds(layer: nn.Module, shape: tuple[int, ...], bf16: bool, passes: Passes) -> float:
     """Seconds of the passes `layer` ran as matrix products, each pass in its fastest form."""
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    total = 0.0
     forward, input_grad, weight_grad = gemm_forms(layer, shape)
-    for forms in [forward] + [input_grad] * passes.input_grad + [weight_grad] * passes.weight_grad:
-        total += min(sum(count * 2 * rows * inner * cols
-                         / (product_rate(rows, inner, cols, "blas", reps=reps, dtype=dtype) * 1e9)
-                         for count, rows, inner, cols in form) for form in forms)
-    return total
+    return sum(min(sum(count * product_seconds(rows, inner, cols, bf16) for count, rows, inner, cols in form)
+                   for form in forms)
+               for forms in [forward] + [input_grad] * passes.input_grad + [weight_grad] * passes.weight_grad)
 
 
 def call(layer: nn.Module, x: torch.Tensor) -> tuple[tuple[int, ...], bool, Passes]:
@@ -181,7 +190,7 @@ def main() -> None:
     for (key, shape, channels_last, passes), n in calls.items():
         bf16 = key.split(".")[0] in in_bf16
         flops, seconds = replay(layers[key], shape, channels_last, bf16, passes, args.reps)
-        gemm = gemm_seconds(layers[key], shape, bf16, passes, max(args.reps, 3))
+        gemm = gemm_seconds(layers[key], shape, bf16, passes)
         layout = (" channels-last" if channels_last else "") + (" bf16" if bf16 else "")
         ran = "+".join(["fwd", *["in-grad"] * passes.input_grad, *["w-grad"] * passes.weight_grad])
         rows.append((key, "x".join(map(str, shape)) + layout, ran, n, flops, seconds, references[bf16], gemm))

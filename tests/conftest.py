@@ -26,6 +26,15 @@ def mnist_dir() -> Path:
                 "the four IDX .gz files, or run the tests once online", pytrace=False)
 
 
+@pytest.fixture
+def train_module():
+    """The module mnistgan.train, for monkeypatching: `mnistgan.train` as an attribute is the
+    package's `train` function, which hides the module of the same name."""
+    import importlib
+
+    return importlib.import_module("mnistgan.train")
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Debian's chromium driven by Playwright (Playwright's own browser download needs the

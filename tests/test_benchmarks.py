@@ -166,13 +166,10 @@ def test_vs_keras_times_the_command_line_and_the_step_inside_it(mnist_dir, monke
     assert 0.5 < result["step_share"] <= 1.0
 
 
-def test_vs_keras_runs_bfloat16_only_where_asked_or_where_the_cpu_has_it(monkeypatch):
+def test_vs_keras_runs_bfloat16_only_where_asked_or_where_the_cpu_has_it(monkeypatch, train_module):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import importlib
-
     import vs_keras
 
-    train_module = importlib.import_module("mnistgan.train")  # the package's `train` is the function
     for has_bf16 in (True, False):
         monkeypatch.setattr(train_module, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
         assert vs_keras.wants_bf16("auto") == has_bf16
@@ -256,6 +253,11 @@ def test_digit_shares_weights_each_digit_to_its_share(monkeypatch):
     assert torch.allclose(mean, torch.cat([x[:10], x[10:], x[10:]]).mean(0))
 
 
+def unfused(layer: UpsampleConv2d) -> UpsampleConv2d:
+    layer.fused = False
+    return layer
+
+
 @pytest.mark.parametrize("make, shape", [
     (lambda: torch.nn.Linear(100, 784), (32, 100)),
     (lambda: torch.nn.Conv2d(256, 512, 5, stride=2, padding=2), (4, 256, 14, 14)),
@@ -265,25 +267,34 @@ def test_digit_shares_weights_each_digit_to_its_share(monkeypatch):
     (lambda: UpsampleConv2d(64, 32, 5), (4, 64, 7, 7)),
     (lambda: unfused(UpsampleConv2d(64, 32, 3)), (4, 64, 7, 7)),  # upsample, then the conv
 ])
-def test_layer_rate_writes_each_pass_as_products_of_the_passs_own_flops(monkeypatch, make, shape):
+def test_layer_rate_writes_each_pass_as_products_of_that_pass_s_flops(monkeypatch, make, shape):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from layer_rate import gemm_forms
+    from layer_rate import Passes, gemm_forms, replay
     from torch.utils.flop_counter import FlopCounterMode
 
     layer = make()
-    x = torch.randn(shape, requires_grad=True)
-    with FlopCounterMode(display=False) as counter:
-        layer(x).sum().backward()
-    passes = gemm_forms(layer, shape)
-    # every form of a pass has the pass's FLOPs; the three passes make the layer's forward and backward
-    per_pass = [{sum(2 * count * rows * inner * cols for count, rows, inner, cols in form) for form in forms}
-                for forms in passes]
-    assert all(len(totals) == 1 for totals in per_pass)
-    # (the fused layer also derives its transposed kernel from the weight: a small bmm, not a pass)
-    flops = {str(op): n for op, n in counter.get_flop_counts()["Global"].items() if str(op) != "aten.bmm"}
-    assert sum(totals.pop() for totals in per_pass) == sum(flops.values())
 
+    def flops(passes: Passes) -> tuple[int, int]:
+        """The FLOPs of one call of the layer with these passes: all of them, and those of its
+        passes (less the fused layer's derivation of its transposed kernel, a small bmm)."""
+        x = torch.randn(shape, requires_grad=passes.input_grad)
+        layer.requires_grad_(passes.weight_grad)
+        with FlopCounterMode(display=False) as counter:
+            y = layer(x)
+            if y.requires_grad:
+                y.backward(torch.ones_like(y))
+        layer.requires_grad_(True)
+        by_op = counter.get_flop_counts()["Global"]
+        # replay runs exactly these passes
+        assert replay(layer, shape, False, False, passes, reps=1)[0] == counter.get_total_flops()
+        return sum(n for op, n in by_op.items() if str(op) != "aten.bmm")
 
-def unfused(layer):
-    layer.fused = False
-    return layer
+    forward = flops(Passes(input_grad=False, weight_grad=False))
+    measured = [forward, flops(Passes(input_grad=True, weight_grad=False)) - forward,
+                flops(Passes(input_grad=False, weight_grad=True)) - forward]
+    for forms, pass_flops in zip(gemm_forms(layer, shape), measured, strict=True):
+        assert pass_flops > 0
+        assert [sum(2 * count * rows * inner * cols for count, rows, inner, cols in form) for form in forms] \
+            == [pass_flops] * len(forms)
+    # replay leaves the layer as it found it
+    assert all(p.requires_grad for p in layer.parameters())

@@ -649,15 +649,12 @@ def test_bare_gan_sets_the_process_up_as_train_does(mnist_dir):
 
 @pytest.mark.parametrize("precision, has_bf16, warned", [
     ("bf16", False, True), ("bf16-d", False, True), ("bf16", True, False), ("fp32", False, False)])
-def test_bfloat16_without_its_arithmetic_says_so_once(monkeypatch, mnist_dir, capsys, precision,
-                                                      has_bf16, warned):
+def test_bfloat16_without_its_arithmetic_says_so_once(monkeypatch, mnist_dir, capsys, train_module,
+                                                      precision, has_bf16, warned):
     """On a CPU without bfloat16 arithmetic (AVX2), asking for it gets one line naming the fix."""
-    import importlib
-
-    train_module = importlib.import_module("mnistgan.train")  # the package's `train` is the function
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: has_bf16)
     losses_of("seed-000", {precision: ([f"train.precision={precision}"], 0.0, "")}, mnist_dir, steps=1)
     notes = [line for line in capsys.readouterr().err.splitlines() if "bfloat16" in line]
     assert notes == ([f"mnistgan: train.precision={precision}: this CPU has no bfloat16 arithmetic "
-                      "(oneDNN finds no AVX-512 or AMX), so bfloat16 runs slower than float32 here: "
+                      "(no AVX512-BF16 or AMX), so bfloat16 is emulated and slower than float32 here: "
                       "use --precision fp32"] if warned else [])

@@ -74,9 +74,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN has bfloat16 arithmetic on this CPU (AVX-512 or AMX). Without it,
-    bfloat16 autocast is emulated and slower than float32 (AVX2 hosts, BENCHMARKS.md)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX). Without it, bfloat16
+    autocast is emulated, and on the AVX2 host far slower than float32 (BENCHMARKS.md)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def total_steps(config: Config, n_images: int, processes: int = 1) -> int:
@@ -145,8 +145,8 @@ class GAN:
             else:
                 self.say(f"train.compile_step {reason}: the step runs op by op")
         if PRECISIONS[t.precision] and device.type == "cpu" and not cpu_has_bf16():
-            self.say(f"train.precision={t.precision}: this CPU has no bfloat16 arithmetic (oneDNN "
-                     "finds no AVX-512 or AMX), so bfloat16 runs slower than float32 here: use "
+            self.say(f"train.precision={t.precision}: this CPU has no bfloat16 arithmetic (no "
+                     "AVX512-BF16 or AMX), so bfloat16 is emulated and slower than float32 here: use "
                      "--precision fp32")
 
     # -- inputs ------------------------------------------------------------------------
