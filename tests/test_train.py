@@ -658,3 +658,18 @@ def test_bfloat16_without_its_arithmetic_says_so_once(monkeypatch, mnist_dir, ca
     assert notes == ([f"mnistgan: train.precision={precision}: this CPU has no bfloat16 arithmetic "
                       "(no AVX512-BF16 or AMX), so bfloat16 is emulated and slower than float32 here: "
                       "use --precision fp32"] if warned else [])
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [
+    (True, False, True), (False, True, True), (False, False, False)])
+def test_bfloat16_arithmetic_is_avx512_bf16_or_amx(monkeypatch, train_module, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert train_module.cpu_has_bf16() is expected
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_bfloat16_arithmetic_on_an_older_pytorch_asks_onednn(monkeypatch, train_module, onednn):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert train_module.cpu_has_bf16() is onednn
