@@ -68,18 +68,16 @@ def replay(layer: nn.Module, shape: tuple[int, ...], channels_last: bool, bf16: 
     kernel = getattr(layer, "kernel", None)
     try:
         layer.requires_grad_(passes.weight_grad)
-        if kernel is not None:  # the FLOP counter knows PyTorch's own matmul, not oneDNN's op
-            use_dense_kernel(layer, "blas")
-        with FlopCounterMode(display=False) as counter:
-            run()
-        if kernel is not None:
-            use_dense_kernel(layer, kernel)
         for _ in range(2):
             run()
         t0 = time.perf_counter()
         for _ in range(reps):
             run()
         seconds = (time.perf_counter() - t0) / reps
+        if kernel is not None:  # the FLOP counter knows PyTorch's own matmul, not oneDNN's op
+            use_dense_kernel(layer, "blas")
+        with FlopCounterMode(display=False) as counter:
+            run()
     finally:  # the layer as the step left it, whatever happened
         if kernel is not None:
             use_dense_kernel(layer, kernel)

@@ -274,9 +274,9 @@ def test_layer_rate_writes_each_pass_as_products_of_that_pass_s_flops(monkeypatc
 
     layer = make()
 
-    def flops(passes: Passes) -> tuple[int, int]:
-        """The FLOPs of one call of the layer with these passes: all of them, and those of its
-        passes (less the fused layer's derivation of its transposed kernel, a small bmm)."""
+    def flops(passes: Passes) -> int:
+        """The FLOPs of one call of the layer with these passes, less the fused layer's
+        derivation of its transposed kernel (a small bmm, not a pass)."""
         x = torch.randn(shape, requires_grad=passes.input_grad)
         layer.requires_grad_(passes.weight_grad)
         with FlopCounterMode(display=False) as counter:
