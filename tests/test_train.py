@@ -673,3 +673,18 @@ def test_bfloat16_arithmetic_on_an_older_pytorch_asks_onednn(monkeypatch, train_
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     assert train_module.cpu_has_bf16() is onednn
+
+
+def test_a_note_from_building_the_gan_reaches_the_runs_log_once(monkeypatch, tmp_path, mnist_dir, capsys,
+                                                                train_module):
+    """Notes said while the GAN is built (before the loop drives it) go to the console and into
+    log.txt, each once."""
+    from mnistgan.cli import main
+
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    assert main(["train", "--preset", "seed-002", "--steps", "2", "--precision", "bf16", "--no-progress",
+                 "--set", "train.compile_step=false", "--out", str(tmp_path / "run")]) == 0
+    note = "train.precision=bf16: this CPU has no bfloat16 arithmetic"
+    logged = [line for line in (tmp_path / "run" / "log.txt").read_text().splitlines() if note in line]
+    printed = [line for line in capsys.readouterr().err.splitlines() if note in line]
+    assert len(logged) == 1 and len(printed) == 1

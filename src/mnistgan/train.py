@@ -141,8 +141,10 @@ class GAN:
         self.d_updates = 0
         self.g_updates = 0
         self.epoch_order = torch.empty(0, dtype=torch.long, device=device)
-        # Where the GAN's notes go (the run's log and console once a Loop drives it).
-        self.say: Callable[[str], None] = lambda text: print(f"mnistgan: {text}", file=sys.stderr)
+        # Where the GAN's notes go: the console (rank 0) at once, and the run's log once a Loop
+        # drives the GAN (it writes these early ones there and takes `say` over).
+        self.early_notes: list[str] = []
+        self.say: Callable[[str], None] = self._say_early
         self.step_graph = None
         if t.compile_step:
             reason = unsupported(config, device, world.size)
@@ -154,6 +156,11 @@ class GAN:
             self.say(f"train.precision={t.precision}: this CPU has no bfloat16 arithmetic (no "
                      "AVX512-BF16 or AMX), so bfloat16 is emulated and slower than float32 here: use "
                      "--precision fp32")
+
+    def _say_early(self, text: str) -> None:
+        self.early_notes.append(text)
+        if self.world.main:
+            print(f"mnistgan: {text}", file=sys.stderr)
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -598,6 +605,8 @@ class Loop:
         self.main = run is not None
         self.gan, self.folder, self.steps = gan, run or SilentFolder(), steps
         gan.say = self.say
+        for text in gan.early_notes:  # already on the console
+            self.folder.note(text)
         # The loop's own state, carried across a resume: the sums of the metric rows not yet
         # logged, the best FID so far and the wall time of earlier sessions.
         resumed = resumed or {}
@@ -641,7 +650,8 @@ class Loop:
 
     def say(self, text: str) -> None:
         self.folder.note(text)
-        self.bar.write(f"mnistgan: {text}")
+        if self.main:  # every rank says the same
+            self.bar.write(f"mnistgan: {text}")
 
     def run(self) -> TrainResult:
         try:
