@@ -298,3 +298,51 @@ def test_layer_rate_writes_each_pass_as_products_of_that_pass_s_flops(monkeypatc
             == [pass_flops] * len(forms)
     # replay leaves the layer as it found it
     assert all(p.requires_grad for p in layer.parameters())
+
+
+def test_layer_rate_s_products_at_their_shapes_compute_each_pass(monkeypatch):
+    """The FLOP test above cannot see a form's rows and inner dimension swapped: here each
+    pass's first form, built as matrices of exactly its (rows, inner, cols), computes the pass
+    (forward, input gradient, weight gradient) of a Linear, a strided Conv2d and a transposed conv."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from layer_rate import gemm_forms
+    from torch.nn import functional as F
+
+    def product(forms, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ((count, rows, inner, cols),) = forms[0]
+        assert count == 1 and a.shape == (rows, inner) and b.shape == (inner, cols)
+        return a @ b
+
+    def run(layer: torch.nn.Module, shape: tuple[int, ...]):
+        x = torch.randn(shape, requires_grad=True)
+        y = layer(x)
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        return x, y, dy, gemm_forms(layer, shape)
+
+    linear = torch.nn.Linear(10, 6)
+    x, y, dy, (fwd, ig, wg) = run(linear, (5, 10))
+    w = linear.weight.detach()
+    torch.testing.assert_close(product(fwd, x.detach(), w.T) + linear.bias, y)
+    torch.testing.assert_close(product(ig, dy, w), x.grad)
+    torch.testing.assert_close(product(wg, dy.T, x.detach()), linear.weight.grad)
+
+    conv = torch.nn.Conv2d(8, 6, 3, stride=2, padding=1)
+    x, y, dy, (fwd, ig, wg) = run(conv, (2, 8, 14, 14))
+    patches = F.unfold(x.detach(), 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 8 * 9)
+    w, d_out = conv.weight.detach().reshape(6, -1), dy.permute(0, 2, 3, 1).reshape(-1, 6)
+    torch.testing.assert_close(product(fwd, patches, w.T).reshape(2, 7, 7, 6).permute(0, 3, 1, 2)
+                               + conv.bias.view(1, 6, 1, 1), y)
+    d_patches = product(ig, d_out, w).reshape(2, 49, 8 * 9).transpose(1, 2)
+    torch.testing.assert_close(F.fold(d_patches, (14, 14), 3, padding=1, stride=2), x.grad)
+    torch.testing.assert_close(product(wg, d_out.T, patches).reshape(6, 8, 3, 3), conv.weight.grad)
+
+    transposed = torch.nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1)
+    x, y, dy, (fwd, ig, wg) = run(transposed, (2, 8, 7, 7))
+    pixels, w = x.detach().permute(0, 2, 3, 1).reshape(-1, 8), transposed.weight.detach().reshape(8, -1)
+    columns = product(fwd, pixels, w).reshape(2, 49, 6 * 16).transpose(1, 2)  # col2im
+    torch.testing.assert_close(F.fold(columns, (14, 14), 4, padding=1, stride=2)
+                               + transposed.bias.view(1, 6, 1, 1), y)
+    d_columns = F.unfold(dy, 4, padding=1, stride=2).transpose(1, 2).reshape(-1, 6 * 16)
+    torch.testing.assert_close(product(ig, d_columns, w.T).reshape(2, 7, 7, 8).permute(0, 3, 1, 2), x.grad)
+    torch.testing.assert_close(product(wg, pixels.T, d_columns).reshape(8, 6, 4, 4), transposed.weight.grad)
