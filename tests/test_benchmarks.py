@@ -303,7 +303,8 @@ def test_layer_rate_writes_each_pass_as_products_of_that_pass_s_flops(monkeypatc
 def test_layer_rate_s_products_at_their_shapes_compute_each_pass(monkeypatch):
     """The FLOP test above cannot see a form's rows and inner dimension swapped: here each
     pass's first form, built as matrices of exactly its (rows, inner, cols), computes the pass
-    (forward, input gradient, weight gradient) of a Linear, a strided Conv2d and a transposed conv."""
+    (forward, input gradient, weight gradient) of a Linear, a strided Conv2d and a transposed conv;
+    the transposed conv's per-phase forms are checked by their shapes."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from layer_rate import gemm_forms
     from torch.nn import functional as F
@@ -346,3 +347,6 @@ def test_layer_rate_s_products_at_their_shapes_compute_each_pass(monkeypatch):
     d_columns = F.unfold(dy, 4, padding=1, stride=2).transpose(1, 2).reshape(-1, 6 * 16)
     torch.testing.assert_close(product(ig, d_columns, w.T).reshape(2, 7, 7, 8).permute(0, 3, 1, 2), x.grad)
     torch.testing.assert_close(product(wg, pixels.T, d_columns).reshape(8, 6, 4, 4), transposed.weight.grad)
+    # Its per-phase forms (k divisible by the stride): per output phase, 98 pixels reading 2 x 2
+    # taps of 8 channels, into 6.
+    assert [forms[1] for forms in (fwd, ig, wg)] == [[(4, 98, 32, 6)], [(4, 98, 6, 32)], [(4, 6, 98, 32)]]

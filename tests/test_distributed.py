@@ -60,8 +60,13 @@ def torchruns(tmp: Path, *jobs: tuple[str, ...]) -> list[subprocess.CompletedPro
 
 
 def test_two_ranks_end_identical_and_match_one_process_at_the_global_batch(tmp_path, mnist_dir):
-    torchrun(tmp_path, str(WORKER), str(tmp_path / "ddp"), str(tmp_path),
-             "train.steps=6", "train.batch_size=8", *COMMON)
+    result = torchrun(tmp_path, str(WORKER), str(tmp_path / "ddp"), str(tmp_path),
+                      "train.steps=6", "train.batch_size=8", *COMMON)
+    # seed-002 asks for the compiled step, which runs in one process only: rank 0 alone says so,
+    # on the console and in the run's log.
+    note = "train.compile_step runs on the CPU in one process only"
+    assert result.stderr.count(note) == 1
+    assert (tmp_path / "ddp" / "log.txt").read_text().count(note) == 1
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
     for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), key

@@ -682,6 +682,7 @@ def test_a_note_from_building_the_gan_reaches_the_runs_log_once(monkeypatch, tmp
     from mnistgan.cli import main
 
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    # op by op: compiling the step would take longer than the two steps and add no note
     assert main(["train", "--preset", "seed-002", "--steps", "2", "--precision", "bf16", "--no-progress",
                  "--set", "train.compile_step=false", "--out", str(tmp_path / "run")]) == 0
     note = "train.precision=bf16: this CPU has no bfloat16 arithmetic"

@@ -142,7 +142,8 @@ class GAN:
         self.g_updates = 0
         self.epoch_order = torch.empty(0, dtype=torch.long, device=device)
         # Where the GAN's notes go: the console (rank 0) at once, and the run's log once a Loop
-        # drives the GAN (it writes these early ones there and takes `say` over).
+        # drives the GAN (it writes these early ones there and takes `say` over). A GAN no Loop
+        # drives keeps every note here.
         self.early_notes: list[str] = []
         self.say: Callable[[str], None] = self._say_early
         self.step_graph = None
@@ -650,7 +651,7 @@ class Loop:
 
     def say(self, text: str) -> None:
         self.folder.note(text)
-        if self.main:  # every rank says the same
+        if self.main:  # rank 0 speaks for the run: it writes the log and has the diversity and FID
             self.bar.write(f"mnistgan: {text}")
 
     def run(self) -> TrainResult:
