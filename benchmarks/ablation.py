@@ -77,6 +77,8 @@ VARIANTS: dict[str, list[str]] = {
     "bfloat16 in G and D": ["train.precision=bf16"],
     "minibatch std in D (groups of 4)": ["discriminator.minibatch_std=4"],
     "4x4 transposed convs in G (no checkerboard)": ["generator.kernels=4,4,3"],
+    "4x4 transposed convs, linear decay from quadrupled rates": ["generator.kernels=4,4,3", "train.d_lr=8e-4",
+                                                                 "train.g_lr=1.6e-3"],
     "top-k G updates (to half the batch)": ["train.top_k=0.5"],
 }
 
