@@ -90,6 +90,7 @@ def test_switching_architecture_by_override():
     ("train.seed.x=1", "is a value, not a section"),
     ("noval", "not key=value"),
     ("generator.output=sigmoid", "does not match data.value_range"),
+    ("generator.output=relu", "must be tanh, sigmoid, clamp"),
     ("train.label_smoothing=0.7", "[0, 0.5)"),
     ("train.g_noise=reuse", "needs train.d_batch = 'full'"),
     ("train.mode_seeking=-1", "0 (off) or more"),
@@ -104,6 +105,14 @@ def test_bad_overrides_are_clear_errors(override, words):
         load_config("seed-001", [override])
     assert words in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_linear_output_fits_either_range_and_a_clamp_only_tanh_data():
+    for preset in ("seed-001", "seed-004"):  # tanh and sigmoid data
+        assert load_config(preset, ["generator.output=none"]).generator.output == "none"
+    assert load_config("seed-001", ["generator.output=clamp"]).generator.output == "clamp"
+    with pytest.raises(UserError, match="does not match data.value_range = 'sigmoid'"):
+        load_config("seed-004", ["generator.output=clamp"])
 
 
 def test_mode_seeking_needs_the_g_steps_own_noise():

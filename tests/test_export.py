@@ -6,6 +6,7 @@ import torch
 
 from mnistgan import load_config, load_generator, train
 from mnistgan.cli import main
+from mnistgan.export import export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -33,6 +34,23 @@ def test_onnx_matches_pytorch_for_any_batch(preset, extra, tmp_path, mnist_dir):
             expected = gen.net(z, labels).numpy()
         assert images.shape == (n, 1, 28, 28)
         assert np.abs(images - expected).max() < 1e-4
+
+
+def test_linear_output_is_exported_clamped_to_the_data_range(tmp_path, mnist_dir):
+    config = load_config("best", [*TINY, "train.batch_size=8", "generator.output=none"])
+    gen = load_generator(train(config, out=tmp_path / "run", progress=False).run_dir)
+    last = [m for m in gen.net.modules() if getattr(m, "weight", None) is not None][-1]
+    with torch.no_grad():
+        last.weight.mul_(50)  # raw outputs far outside [-1, 1]
+    onnx_file = export_onnx(gen, tmp_path / "g.onnx")
+    z, labels = gen.noise(16, seed=3), gen.labels(16)
+    (images,) = ort.InferenceSession(str(onnx_file)).run(None, {"z": z.numpy(), "labels": labels.numpy()})
+    with torch.inference_mode():
+        raw = gen.net(z, labels).numpy()
+    assert raw.min() < -1.5 and raw.max() > 1.5
+    assert np.abs(images - raw.clip(-1, 1)).max() < 1e-4
+    pixels = np.rint(raw.clip(-1, 1) * 127.5 + 127.5)[:, 0].astype(np.uint8)
+    assert np.array_equal(gen.decode(z, labels), pixels)  # sampling clamps the same way
 
 
 def test_export_refuses_bad_requests_in_one_line(tmp_path, mnist_dir, capsys):

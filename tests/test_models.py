@@ -8,6 +8,7 @@ from mnistgan.errors import UserError
 from mnistgan.losses import BinaryCrossEntropy
 from mnistgan.models import build_discriminator, build_generator
 from mnistgan.models.common import (
+    ClampStraightThrough,
     Dropout,
     MinibatchStd,
     ProductGradConv2d,
@@ -373,3 +374,13 @@ def test_dense_on_onednn_computes_what_linear_computes_gradients_of_gradients_to
     # Under bfloat16 autocast both are PyTorch's own bf16 matmul.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert dense(x).dtype == torch.bfloat16
+
+
+def test_clamp_output_is_in_range_forward_and_passes_gradients_straight_through():
+    x = torch.tensor([-3.0, -1.0, -0.25, 0.5, 1.0, 2.5], requires_grad=True)
+    y = ClampStraightThrough()(x)
+    assert torch.equal(y.detach(), x.detach().clamp(-1, 1))
+    (y * torch.arange(1.0, 7.0)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(1.0, 7.0))  # also beyond the bounds, unlike clamp's zero
+    gen = build_generator(load_config("best", ["generator.output=clamp"]))
+    assert isinstance(list(gen.modules())[-1], ClampStraightThrough)
