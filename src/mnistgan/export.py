@@ -1,9 +1,9 @@
 """The generator as an ONNX model, for serving it without PyTorch.
 
 Inputs: `z` float32 (N, noise dim) and, for class-conditional generators, `labels` int64 (N,)
-holding digits 0-9; output: `images` float32 (N, 1, 28, 28) in the data's range ([-1, 1] for
-`data.value_range = "tanh"`, [0, 1] for "sigmoid"; a linear output, `generator.output = "none"`,
-is clamped to it as sampling does). The batch dimension is dynamic.
+holding digits 0-9; output: `images` float32 (N, 1, 28, 28) clamped to the data's range as
+sampling clamps them ([-1, 1] for `data.value_range = "tanh"`, [0, 1] for "sigmoid"; only a
+linear output, `generator.output = "none"`, ever leaves it). The batch dimension is dynamic.
 """
 
 from __future__ import annotations
@@ -16,22 +16,23 @@ import torch
 from torch import nn
 
 from .atomic import writable
+from .data import scale_images
 from .errors import UserError
 from .generate import TrainedGenerator, load_generator
 
 
 class _Exported(nn.Module):
-    """A fixed signature for the exporter, (z) or (z, labels), with the clamp that sampling
-    applies to a linear output (`bounds`), so that ONNX users get images in range."""
+    """A fixed signature for the exporter, (z) or (z, labels), and the clamp to the data's
+    range that sampling applies (`to_uint8`), so that ONNX users get images in range."""
 
-    def __init__(self, net: nn.Module, bounds: tuple[float, float] | None) -> None:
+    def __init__(self, net: nn.Module, bounds: tuple[float, float]) -> None:
         super().__init__()
         self.net = net
         self.bounds = bounds
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.net(z) if labels is None else self.net(z, labels)
-        return x if self.bounds is None else x.clamp(*self.bounds)
+        return x.clamp(*self.bounds)
 
 
 def export_onnx(source: str | Path | TrainedGenerator, path: str | Path,
@@ -51,11 +52,11 @@ def export_onnx(source: str | Path | TrainedGenerator, path: str | Path,
         note(gen.origin)
     z = torch.zeros(2, gen.config.noise.dim)
     conditional = bool(gen.classes)
-    bounds = None
-    if gen.config.generator.output == "none":
-        bounds = (-1.0, 1.0) if gen.config.data.value_range == "tanh" else (0.0, 1.0)
+    # The range is where black and white pixels scale to.
+    extremes = torch.tensor([0, 255], dtype=torch.uint8)
+    black, white = scale_images(extremes, gen.config.data.value_range).tolist()
     # Wrapper in eval mode: the exporter puts the top module back in its own mode afterwards.
-    module = _Exported(gen.net, bounds).eval()
+    module = _Exported(gen.net, (black, white)).eval()
     args = (z, torch.zeros(2, dtype=torch.long)) if conditional else (z,)
     names = ["z", "labels"] if conditional else ["z"]
     tmp = path.with_name(f".{path.name}.tmp")
