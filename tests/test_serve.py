@@ -234,7 +234,10 @@ def test_beyond_its_connection_limit_the_server_answers_503_and_keeps_serving(se
     assert served == [200] * 16, served
 
 
+# null while the image is still decoding: a blank canvas drawn from a half-loaded image would
+# count as "changed" before the new grid (and its size) is there.
 PIXELS = """(id) => { const img = document.getElementById(id);
+    if (!img.complete || img.naturalWidth === 0) return null;
     const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
     c.getContext('2d').drawImage(img, 0, 0); return c.toDataURL(); }"""
 
@@ -248,7 +251,9 @@ def test_the_page_rerolls_picks_digits_switches_noise_and_shows_errors(server, b
 
     def changed(action, before):
         action()
-        page.wait_for_function(f"() => ({PIXELS})('grid') !== {before!r}", timeout=30_000)
+        shown = f"({PIXELS})('grid')"
+        page.wait_for_function(f"() => {{ const p = {shown}; return p !== null && p !== {before!r}; }}",
+                               timeout=30_000)
         return page.evaluate(PIXELS, "grid")
 
     first = page.evaluate(PIXELS, "grid")

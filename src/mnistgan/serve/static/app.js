@@ -93,6 +93,8 @@ async function update() {
   const url = await load(`/api/grid.png?${p}`, "grid");
   if (!url) return;
   gridUrl = swap($("grid"), url, gridUrl);
+  // So that "ready" means the first grid is on screen; a newer swap interrupting it is no error.
+  await $("grid").decode().catch(() => {});
   $("download").href = url;
   $("download").download = `mnistgan-seed${p.get("seed")}.png`;
   $("download").setAttribute("aria-disabled", "false");
