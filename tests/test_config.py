@@ -111,8 +111,10 @@ def test_a_linear_output_fits_either_range_and_a_clamp_only_tanh_data():
     for preset in ("seed-001", "seed-004"):  # tanh and sigmoid data
         assert load_config(preset, ["generator.output=none"]).generator.output == "none"
     assert load_config("seed-001", ["generator.output=clamp"]).generator.output == "clamp"
-    with pytest.raises(UserError, match="does not match data.value_range = 'sigmoid'"):
-        load_config("seed-004", ["generator.output=clamp"])
+    assert load_config("seed-001", ["generator.output=clamp_black"]).generator.output == "clamp_black"
+    for output in ("clamp", "clamp_black"):
+        with pytest.raises(UserError, match="does not match data.value_range = 'sigmoid'"):
+            load_config("seed-004", [f"generator.output={output}"])
 
 
 def test_mode_seeking_needs_the_g_steps_own_noise():

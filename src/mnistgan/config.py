@@ -127,8 +127,9 @@ class ConvGeneratorConfig:
     dropout: float = 0.0
     # "none": a linear output, clamped to the data's range only when it becomes pixels
     # (StyleGAN's practice); "clamp": clamped to [-1, 1] in training too, gradients passed
-    # straight through. Unlike tanh both can reach the exact black of MNIST's background; on `best`
-    # both scored worse than tanh (BENCHMARKS.md, "A linear output instead of tanh").
+    # straight through; "clamp_black": that clamp below 0 and tanh above. Unlike tanh these can
+    # reach the exact black of MNIST's background; on `best` the first two scored worse than tanh
+    # (BENCHMARKS.md, "A linear output instead of tanh").
     output: Activation = "tanh"
     init: Init = "keras"
     init_first: Init | None = None  # a different init for the first dense layer (text 004)
@@ -597,10 +598,10 @@ def check_values(c: Config) -> None:
     if isinstance(d, ConvDiscriminatorConfig):
         need(d.minibatch_std >= 0, "discriminator.minibatch_std must be 0 (off) or a group size such as 4")
     need(d.real_index in (0, 1), "discriminator.real_index must be 0 or 1")
-    need(c.generator.output in ("tanh", "sigmoid", "none", "clamp"),
-         "generator.output must be tanh, sigmoid, clamp ([-1, 1], straight-through) or none (linear, "
-         "clamped to the data's range as pixels)")
-    fits = ("tanh", "clamp", "none") if c.data.value_range == "tanh" else ("sigmoid", "none")
+    need(c.generator.output in ("tanh", "sigmoid", "none", "clamp", "clamp_black"),
+         "generator.output must be tanh, sigmoid, clamp ([-1, 1], straight-through), clamp_black (that "
+         "clamp below 0, tanh above) or none (linear, clamped to the data's range as pixels)")
+    fits = ("tanh", "clamp", "clamp_black", "none") if c.data.value_range == "tanh" else ("sigmoid", "none")
     need(
         c.generator.output in fits,
         f"generator.output = {c.generator.output!r} does not match data.value_range = "

@@ -25,6 +25,18 @@ class ClampStraightThrough(nn.Module):
         return x + (x.clamp(-1.0, 1.0) - x).detach()
 
 
+class ClampBlackTanhWhite(nn.Module):
+    """Below 0 a straight-through clamp at -1 (the black end), above 0 tanh (the white end).
+
+    The clamp gives the background MNIST's exact black, where tanh leaves faint grey; tanh
+    keeps the strokes' white from over-shooting to 255, as the clamp's does. The two halves
+    meet at 0 with the same value and slope."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        black = x + (x.clamp(min=-1.0) - x).detach()
+        return torch.where(x < 0, black, torch.tanh(x))
+
+
 # The registry of activations (config keys `activation`, `output`, `hidden_activation`):
 # name -> layer, given LeakyReLU's slope.
 ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
@@ -34,6 +46,7 @@ ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
     "sigmoid": lambda slope: nn.Sigmoid(),
     "none": lambda slope: nn.Identity(),
     "clamp": lambda slope: ClampStraightThrough(),
+    "clamp_black": lambda slope: ClampBlackTanhWhite(),
 }
 
 
