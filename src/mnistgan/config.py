@@ -127,7 +127,7 @@ class ConvGeneratorConfig:
     dropout: float = 0.0
     # "none": a linear output, clamped to the data's range only when it becomes pixels
     # (StyleGAN's practice); "clamp": clamped to [-1, 1] in training too, gradients passed
-    # straight through; "clamp_black": that clamp below 0 and tanh above. Unlike tanh these can
+    # straight through; "clamp_black": the identity clamped at -1 below 0, tanh above. Unlike tanh these can
     # reach the exact black of MNIST's background; on `best` the first two scored worse than tanh
     # (BENCHMARKS.md, "A linear output instead of tanh").
     output: Activation = "tanh"
@@ -599,8 +599,8 @@ def check_values(c: Config) -> None:
         need(d.minibatch_std >= 0, "discriminator.minibatch_std must be 0 (off) or a group size such as 4")
     need(d.real_index in (0, 1), "discriminator.real_index must be 0 or 1")
     need(c.generator.output in ("tanh", "sigmoid", "none", "clamp", "clamp_black"),
-         "generator.output must be tanh, sigmoid, clamp ([-1, 1], straight-through), clamp_black (that "
-         "clamp below 0, tanh above) or none (linear, clamped to the data's range as pixels)")
+         "generator.output must be tanh, sigmoid, clamp ([-1, 1], straight-through), clamp_black (clamped "
+         "at -1 below 0, tanh above) or none (linear, clamped to the data's range as pixels)")
     fits = ("tanh", "clamp", "clamp_black", "none") if c.data.value_range == "tanh" else ("sigmoid", "none")
     need(
         c.generator.output in fits,

@@ -26,15 +26,16 @@ class ClampStraightThrough(nn.Module):
 
 
 class ClampBlackTanhWhite(nn.Module):
-    """Below 0 a straight-through clamp at -1 (the black end), above 0 tanh (the white end).
+    """Below 0 the identity clamped at -1 (the black end), above 0 tanh (the white end).
 
-    The clamp gives the background MNIST's exact black, where tanh leaves faint grey; tanh
-    keeps the strokes' white from over-shooting to 255, as the clamp's does. The two halves
-    meet at 0 with the same value and slope."""
+    The clamp gives the background MNIST's exact black, where tanh leaves faint grey; tanh keeps
+    the strokes' white from over-shooting to 255. Below -1 the gradient is zero, as for a ReLU:
+    passing it straight through instead lets D's gradients on background that is already black
+    push the pre-activations without bound, and training broke down in a first look. The two
+    halves meet at 0 with the same value and slope."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        black = x + (x.clamp(min=-1.0) - x).detach()
-        return torch.where(x < 0, black, torch.tanh(x))
+        return torch.where(x < 0, x.clamp(min=-1.0), torch.tanh(x))
 
 
 # The registry of activations (config keys `activation`, `output`, `hidden_activation`):
