@@ -36,8 +36,9 @@ def test_onnx_matches_pytorch_for_any_batch(preset, extra, tmp_path, mnist_dir):
         assert np.abs(images - expected).max() < 1e-4
 
 
-def test_linear_output_is_exported_clamped_to_the_data_range(tmp_path, mnist_dir):
-    config = load_config("best", [*TINY, "train.batch_size=8", "generator.output=none"])
+@pytest.mark.parametrize("output", ["none", "clamp_black"])
+def test_linear_and_clamp_black_outputs_export_clamped_to_the_data_range(tmp_path, mnist_dir, output):
+    config = load_config("best", [*TINY, "train.batch_size=8", f"generator.output={output}"])
     gen = load_generator(train(config, out=tmp_path / "run", progress=False).run_dir)
     last = [m for m in gen.net.modules() if getattr(m, "weight", None) is not None][-1]
     with torch.no_grad():
@@ -47,7 +48,10 @@ def test_linear_output_is_exported_clamped_to_the_data_range(tmp_path, mnist_dir
     (images,) = ort.InferenceSession(str(onnx_file)).run(None, {"z": z.numpy(), "labels": labels.numpy()})
     with torch.inference_mode():
         raw = gen.net(z, labels).numpy()
-    assert raw.min() < -1.5 and raw.max() > 1.5
+    if output == "none":
+        assert raw.min() < -1.5 and raw.max() > 1.5
+    else:  # its own clamp at the black end, tanh (saturated by the scaled weights) at the white
+        assert raw.min() == -1 and raw.max() <= 1
     assert np.abs(images - raw.clip(-1, 1)).max() < 1e-4
     pixels = np.rint(raw.clip(-1, 1) * 127.5 + 127.5)[:, 0].astype(np.uint8)
     assert np.array_equal(gen.decode(z, labels), pixels)  # sampling clamps the same way
