@@ -127,9 +127,9 @@ class ConvGeneratorConfig:
     dropout: float = 0.0
     # "none": a linear output, clamped to the data's range only when it becomes pixels
     # (StyleGAN's practice); "clamp": clamped to [-1, 1] in training too, gradients passed
-    # straight through; "clamp_black": the identity clamped at -1 below 0, tanh above. Unlike tanh these can
-    # reach the exact black of MNIST's background; on `best` the first two scored worse than tanh
-    # (BENCHMARKS.md, "A linear output instead of tanh").
+    # straight through; "clamp_black": the identity clamped at -1 below 0, tanh above. Unlike
+    # tanh these can reach the exact black of MNIST's background; on `best` all three scored a
+    # worse Inception-FID than tanh (BENCHMARKS.md, "A linear output instead of tanh" and after).
     output: Activation = "tanh"
     init: Init = "keras"
     init_first: Init | None = None  # a different init for the first dense layer (text 004)
