@@ -508,6 +508,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"config type {tp} for {key} is not handled")  # a bug in this file
 
 
+# The generator outputs that fit each data range (the one home of `generator.output`'s choices).
+OUTPUTS_FOR_RANGE: dict[str, tuple[str, ...]] = {
+    "tanh": ("tanh", "clamp", "clamp_black", "none"),
+    "sigmoid": ("sigmoid", "none"),
+}
+
+
 def check_values(c: Config) -> None:
     """Ranges and combinations that types alone cannot express."""
     t = c.train
@@ -598,12 +605,11 @@ def check_values(c: Config) -> None:
     if isinstance(d, ConvDiscriminatorConfig):
         need(d.minibatch_std >= 0, "discriminator.minibatch_std must be 0 (off) or a group size such as 4")
     need(d.real_index in (0, 1), "discriminator.real_index must be 0 or 1")
-    need(c.generator.output in ("tanh", "sigmoid", "none", "clamp", "clamp_black"),
+    need(any(c.generator.output in fits for fits in OUTPUTS_FOR_RANGE.values()),
          "generator.output must be tanh, sigmoid, clamp ([-1, 1], straight-through), clamp_black (clamped "
          "at -1 below 0, tanh above) or none (linear, clamped to the data's range as pixels)")
-    fits = ("tanh", "clamp", "clamp_black", "none") if c.data.value_range == "tanh" else ("sigmoid", "none")
     need(
-        c.generator.output in fits,
+        c.generator.output in OUTPUTS_FOR_RANGE[c.data.value_range],
         f"generator.output = {c.generator.output!r} does not match data.value_range = "
         f"{c.data.value_range!r}: set both to tanh ([-1, 1]) or both to sigmoid ([0, 1])",
     )
