@@ -253,6 +253,24 @@ def test_digit_shares_weights_each_digit_to_its_share(monkeypatch):
     assert torch.allclose(mean, torch.cat([x[:10], x[10:], x[10:]]).mean(0))
 
 
+def test_inception_diagnosis_matches_the_pixel_histogram_and_keeps_the_order(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import inception_diagnosis
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    # a source with a tall peak at 255 (as a saturating tanh's) and a target peaking at 253
+    source = np.where(rng.random((400, 28, 28)) < 0.05, 255, rng.integers(0, 200, (400, 28, 28)))
+    target = np.where(rng.random((400, 28, 28)) < 0.05, 253, rng.integers(0, 256, (400, 28, 28)))
+    matched = inception_diagnosis.match_histogram(source.astype(np.uint8), source.astype(np.uint8),
+                                                  target.astype(np.uint8), np.random.default_rng(1))
+    assert matched.dtype == np.uint8 and matched.shape == source.shape
+    got, want = np.bincount(matched.ravel(), minlength=256), np.bincount(target.ravel(), minlength=256)
+    assert np.abs(got / got.sum() - want / want.sum()).max() < 0.002
+    # the map is monotone: a darker source pixel never ends brighter than a lighter one
+    for low, high in ((0, 1), (100, 101), (199, 255)):
+        assert matched[source == low].max() <= matched[source == high].min()
+
 def unfused(layer: UpsampleConv2d) -> UpsampleConv2d:
     layer.fused = False
     return layer

@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,6 +95,32 @@ def test_evaluate_inception_prints_the_score_beside_its_floor(inception, small_r
     saved = json.loads((run / "eval.json").read_text())
     assert saved["generated"]["inception_fid"] == pytest.approx(generated, abs=0.1)
 
+
+def test_inception_diagnosis_splits_the_score_into_its_terms(inception, small_reference, tmp_path,
+                                                             mnist_dir):
+    """benchmarks/inception_diagnosis.py end to end, with the small stand-in reference."""
+    cache = tmp_path / "cache"
+    (cache / "inception").mkdir(parents=True)
+    save_file(small_reference, cache / "inception" / f"{inception.NETWORK_SHA256[:16]}-mnist.safetensors")
+    run = train(load_config("seed-002", ["train.steps=2", "train.batch_size=8"]), out=tmp_path / "r",
+                progress=False).run_dir
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "inception_diagnosis.py"
+    done = subprocess.run([sys.executable, str(script), str(run), "--n", "100", "--paired", "100"],
+                          capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"MNISTGAN_CACHE": str(cache), "MNISTGAN_DATA": str(mnist_dir)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1]
+            for line in done.stdout.splitlines() if line.startswith("| ")}
+    floor = [float(v) for v in rows["held-out real (the floor)"]]
+    generated = [float(v) for v in rows["generated"]]
+    for total, mean, cov in (floor, generated):
+        assert total == pytest.approx(mean + cov, abs=0.002) and mean >= 0
+    assert floor[0] == pytest.approx(fid(small_reference["heldout"], small_reference["test"]), abs=0.001)
+    assert generated[0] > floor[0]  # two steps of training are far from real digits
+    # the paired table's first row holds the same 100 samples: the same score
+    assert float(rows["generated, as drawn"][0]) == pytest.approx(generated[0], abs=0.001)
+    for name in ("test images", "held-out images", "generated images"):
+        assert sum(float(v.strip(" %")) for v in rows[name]) == pytest.approx(100, abs=0.05)
 
 def test_evaluate_inception_without_the_extra_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     import importlib.util
