@@ -271,6 +271,7 @@ def test_inception_diagnosis_matches_the_pixel_histogram_and_keeps_the_order(mon
     for low, high in ((0, 1), (100, 101), (199, 255)):
         assert matched[source == low].max() <= matched[source == high].min()
 
+
 def unfused(layer: UpsampleConv2d) -> UpsampleConv2d:
     layer.fused = False
     return layer

@@ -122,6 +122,7 @@ def test_inception_diagnosis_splits_the_score_into_its_terms(inception, small_re
     for name in ("test images", "held-out images", "generated images"):
         assert sum(float(v.strip(" %")) for v in rows[name]) == pytest.approx(100, abs=0.05)
 
+
 def test_evaluate_inception_without_the_extra_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     import importlib.util
 
