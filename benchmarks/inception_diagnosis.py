@@ -86,17 +86,18 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{100 * s:.2f} %" for s in shares) + " |")
 
     rng = np.random.default_rng(0)
-    some, real = generated[:args.paired], held[:args.paired]
-    matched = match_histogram(some, generated, fit, rng)
-    paired = {"generated, as drawn": some,
+    real = held[:args.paired]
+    matched = match_histogram(generated[:args.paired], generated, fit, rng)
+    paired = {"generated, as drawn": gen_feats[:args.paired],  # embedded above
               "generated, histogram matched to the training pixels": matched,
               "held-out real, as it is": real,
               "held-out real, stroke cores (252-254) set to 255": np.where(real >= 252, 255, real)}
     print(f"\n| {args.paired} images, paired | Inception-FID | mean term | covariance term |")
     print("|---|---|---|---|")
     for name, images in paired.items():
-        total, mean, cov = terms(features(torch.from_numpy(images.astype(np.uint8)), progress=name),
-                                 mu_t, s_t)
+        feats = images if isinstance(images, torch.Tensor) else features(
+            torch.from_numpy(images.astype(np.uint8)), progress=name)
+        total, mean, cov = terms(feats, mu_t, s_t)
         print(f"| {name} | {total:.3f} | {mean:.3f} | {cov:.3f} |")
 
 
