@@ -50,6 +50,11 @@ def match_histogram(images: np.ndarray, source: np.ndarray, target: np.ndarray,
     return np.searchsorted(target_cdf, u).clip(0, 255).astype(np.uint8)
 
 
+def embed(images: np.ndarray, name: str) -> torch.Tensor:
+    """Inception features of uint8 images, with a progress bar named `name`."""
+    return features(torch.from_numpy(images.astype(np.uint8)), progress=name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run folder or generator .safetensors")
@@ -63,7 +68,7 @@ def main() -> None:
     [(generated, _)], _, _ = load_images(args.run, args.n, [0])
     ref = reference(args.dataset)
     mu_t, s_t = gaussian(ref["test"])
-    gen_feats = features(torch.from_numpy(generated), progress="samples")
+    gen_feats = embed(generated, "samples")
 
     rows = {"held-out real (the floor)": terms(ref["heldout"][:args.n], mu_t, s_t),
             "generated": terms(gen_feats, mu_t, s_t)}
@@ -88,15 +93,15 @@ def main() -> None:
     rng = np.random.default_rng(0)
     real = held[:args.paired]
     matched = match_histogram(generated[:args.paired], generated, fit, rng)
+
     paired = {"generated, as drawn": gen_feats[:args.paired],  # embedded above
-              "generated, histogram matched to the training pixels": matched,
-              "held-out real, as it is": real,
-              "held-out real, stroke cores (252-254) set to 255": np.where(real >= 252, 255, real)}
+              "generated, histogram matched to the training pixels": embed(matched, "matched"),
+              "held-out real, as it is": embed(real, "held-out"),
+              "held-out real, stroke cores (252-254) set to 255": embed(np.where(real >= 252, 255, real),
+                                                                        "cores to 255")}
     print(f"\n| {args.paired} images, paired | Inception-FID | mean term | covariance term |")
     print("|---|---|---|---|")
-    for name, images in paired.items():
-        feats = images if isinstance(images, torch.Tensor) else features(
-            torch.from_numpy(images.astype(np.uint8)), progress=name)
+    for name, feats in paired.items():
         total, mean, cov = terms(feats, mu_t, s_t)
         print(f"| {name} | {total:.3f} | {mean:.3f} | {cov:.3f} |")
 

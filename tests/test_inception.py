@@ -117,7 +117,7 @@ def test_inception_diagnosis_splits_the_score_into_its_terms(inception, small_re
         assert total == pytest.approx(mean + cov, abs=0.002) and mean >= 0
     assert floor[0] == pytest.approx(fid(small_reference["heldout"][:50], small_reference["test"]), abs=0.001)
     assert generated[0] > floor[0]  # two steps of training are far from real digits
-    # the paired table's first row holds the same 100 samples: the same score
+    # the paired table's first row holds the same 50 samples: the same score
     assert float(rows["generated, as drawn"][0]) == pytest.approx(generated[0], abs=0.001)
     for name in ("test images", "held-out images", "generated images"):
         assert sum(float(v.strip(" %")) for v in rows[name]) == pytest.approx(100, abs=0.05)
