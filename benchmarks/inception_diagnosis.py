@@ -52,7 +52,7 @@ def match_histogram(images: np.ndarray, source: np.ndarray, target: np.ndarray,
 
 def embed(images: np.ndarray, name: str) -> torch.Tensor:
     """Inception features of uint8 images, with a progress bar named `name`."""
-    return features(torch.from_numpy(images.astype(np.uint8)), progress=name)
+    return features(torch.from_numpy(np.asarray(images, dtype=np.uint8)), progress=name)
 
 
 def main() -> None:

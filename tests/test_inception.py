@@ -105,7 +105,8 @@ def test_inception_diagnosis_splits_the_score_into_its_terms(inception, small_re
     run = train(load_config("seed-002", ["train.steps=2", "train.batch_size=8"]), out=tmp_path / "r",
                 progress=False).run_dir
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "inception_diagnosis.py"
-    done = subprocess.run([sys.executable, str(script), str(run), "--n", "50", "--paired", "50"],
+    n = 50  # samples, and paired images: the paired table's first row is the samples themselves
+    done = subprocess.run([sys.executable, str(script), str(run), "--n", str(n), "--paired", str(n)],
                           capture_output=True, text=True, timeout=600,
                           env=os.environ | {"MNISTGAN_CACHE": str(cache), "MNISTGAN_DATA": str(mnist_dir)})
     assert done.returncode == 0, done.stderr[-2000:]
@@ -115,9 +116,8 @@ def test_inception_diagnosis_splits_the_score_into_its_terms(inception, small_re
     generated = [float(v) for v in rows["generated"]]
     for total, mean, cov in (floor, generated):
         assert total == pytest.approx(mean + cov, abs=0.002) and mean >= 0
-    assert floor[0] == pytest.approx(fid(small_reference["heldout"][:50], small_reference["test"]), abs=0.001)
+    assert floor[0] == pytest.approx(fid(small_reference["heldout"][:n], small_reference["test"]), abs=0.001)
     assert generated[0] > floor[0]  # two steps of training are far from real digits
-    # the paired table's first row holds the same 50 samples: the same score
     assert float(rows["generated, as drawn"][0]) == pytest.approx(generated[0], abs=0.001)
     for name in ("test images", "held-out images", "generated images"):
         assert sum(float(v.strip(" %")) for v in rows[name]) == pytest.approx(100, abs=0.05)
