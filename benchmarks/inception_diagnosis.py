@@ -93,7 +93,6 @@ def main() -> None:
     rng = np.random.default_rng(0)
     real = held[:args.paired]
     matched = match_histogram(generated[:args.paired], generated, fit, rng)
-
     paired = {"generated, as drawn": gen_feats[:args.paired],  # embedded above
               "generated, histogram matched to the training pixels": embed(matched, "matched"),
               "held-out real, as it is": embed(real, "held-out"),
