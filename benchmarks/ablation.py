@@ -37,10 +37,15 @@ CONSTANT_RATES = ["train.lr_schedule=constant", "train.d_lr=2e-4", "train.g_lr=4
 # `best` rows, so that their commands still reproduce them.
 BEST_UNTIL_2026_12_03 = ["train.d_steps=1", "train.ema=0.999", "train.mode_seeking=0", *WITHOUT_28X28_CONV,
                          "train.standing_stats=0", *CONSTANT_RATES]
+# The preset before the longer average (2026-12-07): 3x3 transposed convs, EMA 0.998, D 4e-4 / G 8e-4.
+RATES_UNTIL_2026_12_07 = ["train.d_lr=4e-4", "train.g_lr=8e-4"]
+CONVS_AND_EMA_UNTIL_2026_12_07 = ["generator.kernels=3,3,3", "train.ema=0.998"]
+BEST_UNTIL_2026_12_07 = [*CONVS_AND_EMA_UNTIL_2026_12_07, *RATES_UNTIL_2026_12_07]
 
 VARIANTS: dict[str, list[str]] = {
     "best, as shipped": [],
     "best until 2026-12-03": BEST_UNTIL_2026_12_03,
+    "best until 2026-12-07": BEST_UNTIL_2026_12_07,
     "without spectral norm in D": ["discriminator.spectral_norm=false"],
     "label as input planes, not projection": ["discriminator.conditioning=input"],
     "BCE (non-saturating) instead of hinge": ["train.loss=bce"],
@@ -57,17 +62,19 @@ VARIANTS: dict[str, list[str]] = {
     "without the 28x28 conv in G": WITHOUT_28X28_CONV,
     "with DiffAugment (translation, cutout)": ["train.augment=translation,cutout"],
     "with R1 penalty (gamma 1)": ["train.r1=1.0"],
-    "nearest upsampling + conv, not transposed convs": ["generator.upsample_mode=nearest"],
+    "nearest upsampling + conv, not transposed convs": ["generator.upsample_mode=nearest",
+                                                        "generator.kernels=3,3,3"],
     "both learning rates doubled (D 4e-4, G 8e-4)": ["train.lr_schedule=constant", "train.d_lr=4e-4",
                                                      "train.g_lr=8e-4"],
     "conditional batch norm in G": ["generator.class_norm=true"],
     "constant learning rates (best until 2026-12-04)": CONSTANT_RATES,
     "cosine learning-rate decay": [*CONSTANT_RATES[1:], "train.lr_schedule=cosine"],
     "linear learning-rate decay": [*CONSTANT_RATES[1:], "train.lr_schedule=linear"],
-    "linear decay from tripled rates (D 6e-4, G 1.2e-3)": ["train.lr_schedule=linear", "train.d_lr=6e-4",
-                                                           "train.g_lr=1.2e-3"],
-    "linear decay from quadrupled rates (D 8e-4, G 1.6e-3)": ["train.lr_schedule=linear", "train.d_lr=8e-4",
-                                                              "train.g_lr=1.6e-3"],
+    # measured on `best` until 2026-12-07, whose 3x3 convs and EMA they keep
+    "linear decay from tripled rates (D 6e-4, G 1.2e-3)": [*CONVS_AND_EMA_UNTIL_2026_12_07,
+                                                           "train.d_lr=6e-4", "train.g_lr=1.2e-3"],
+    "linear decay from quadrupled rates (D 8e-4, G 1.6e-3)": [*CONVS_AND_EMA_UNTIL_2026_12_07,
+                                                              "train.d_lr=8e-4", "train.g_lr=1.6e-3"],
     "wider G (128 / 128-64-64 channels)": ["generator.start_channels=128", "generator.channels=128,64,64"],
     "wider D (64-128-256 channels)": ["discriminator.channels=64,128,256"],
     "latent size 128": ["noise.dim=128"],
@@ -76,9 +83,10 @@ VARIANTS: dict[str, list[str]] = {
     "bfloat16 in D": ["train.precision=bf16-d"],
     "bfloat16 in G and D": ["train.precision=bf16"],
     "minibatch std in D (groups of 4)": ["discriminator.minibatch_std=4"],
-    "4x4 transposed convs in G (no checkerboard)": ["generator.kernels=4,4,3"],
-    "4x4 transposed convs, linear decay from quadrupled rates": ["generator.kernels=4,4,3", "train.d_lr=8e-4",
-                                                                 "train.g_lr=1.6e-3"],
+    "4x4 transposed convs in G (no checkerboard)": [*RATES_UNTIL_2026_12_07, "train.ema=0.998"],
+    # `best` since 2026-12-07 but for its longer average
+    "4x4 transposed convs, linear decay from quadrupled rates": ["train.ema=0.998"],
+    "3x3 transposed convs in G": ["generator.kernels=3,3,3"],
     "top-k G updates (to half the batch)": ["train.top_k=0.5"],
 }
 
