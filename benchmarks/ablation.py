@@ -83,6 +83,7 @@ VARIANTS: dict[str, list[str]] = {
     "bfloat16 in D": ["train.precision=bf16-d"],
     "bfloat16 in G and D": ["train.precision=bf16"],
     "minibatch std in D (groups of 4)": ["discriminator.minibatch_std=4"],
+    # today's 4x4 convs with the rates and EMA of `best` until 2026-12-07, as they were measured
     "4x4 transposed convs in G (no checkerboard)": [*RATES_UNTIL_2026_12_07, "train.ema=0.998"],
     # `best` since 2026-12-07 but for its longer average
     "4x4 transposed convs, linear decay from quadrupled rates": ["train.ema=0.998"],
